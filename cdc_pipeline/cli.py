@@ -1,0 +1,116 @@
+"""The ``cdc-pipeline`` command: run the pipeline locally, show the committed state.
+
+Exit codes: 0 every table succeeded; 1 some table failed (the others were committed) or the
+commit was refused; 2 a usage or configuration error (nothing ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from cdc_pipeline.errors import CommitConflictError, ConfigurationError
+from cdc_pipeline.plan import LoadType
+from cdc_pipeline.report import render_report, render_status
+from cdc_pipeline.runner import RunSettings, run_local
+from cdc_pipeline.state import LocalStateStore
+
+EXIT_OK, EXIT_TABLE_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdc-pipeline",
+        description="Deduplicated current-state Parquet tables from raw change tables, committed atomically.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="plan, ingest and commit one run on local directories")
+    run.add_argument("--source", required=True, type=Path, help="directory whose subdirectories are tables")
+    run.add_argument("--output", required=True, type=Path, help="where snapshots are written (output_path)")
+    run.add_argument("--state", required=True, type=Path, help="where the CDC trackers live (cdc_path)")
+    run.add_argument("--registry", required=True, type=Path, help="directory of table-settings CSV files")
+    run.add_argument("--load-type", choices=[t.value for t in LoadType], help="force a load type")
+    run.add_argument("--tables", help="comma-separated table names (default: every table)")
+    run.add_argument("--parallelism", type=int, default=2, help="tables ingested at once (default 2)")
+    run.add_argument(
+        "--retain-snapshots", type=int, default=2, help="snapshots kept per table, current included (default 2)"
+    )
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    status = commands.add_parser("status", help="show every table's committed tracker")
+    status.add_argument("--state", required=True, type=Path)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _status(args)
+    except CommitConflictError as exc:
+        print(f"commit refused: {exc}", file=sys.stderr)
+        return EXIT_TABLE_FAILED
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = RunSettings(
+        source=args.source,
+        output=args.output,
+        state=args.state,
+        registry=args.registry,
+        load_type=LoadType(args.load_type) if args.load_type else None,
+        tables=tuple(name.strip() for name in (args.tables or "").split(",") if name.strip()),
+        parallelism=args.parallelism,
+        retained_snapshots=args.retain_snapshots,
+    )
+    lock = threading.Lock()
+
+    def progress(table: str, message: str) -> None:
+        with lock:
+            print(f"[{table}] {message}", file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    report = run_local(settings, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print()
+        print(render_report(report))
+    return EXIT_TABLE_FAILED if report.failed else EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    document, _ = LocalStateStore(args.state).read()
+    if args.json:
+        payload = {
+            "revision": document.revision,
+            "run_id": document.run_id,
+            "committed_at": document.committed_at,
+            "tables": {name: table.to_json() for name, table in sorted(document.tables.items())},
+        }
+        print(json.dumps(payload, indent=2))
+    else:
+        print(render_status(document))
+    return EXIT_OK
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Warnings reach the user through the report; keep the terminal for progress and errors.
+    logging.getLogger("cdc_pipeline").setLevel(logging.ERROR)
+    logging.getLogger("py4j").setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

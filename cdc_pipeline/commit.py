@@ -1,0 +1,208 @@
+"""Commit: publish every successful table of a run in one atomic write of the state document.
+
+A table is published by its tracker in the state document pointing at its new snapshot; until that
+one write succeeds nothing of the run is visible. Tables whose ingest failed keep their previous
+tracker. Snapshots past the retention count are deleted only once the new state is committed, and
+only locations the state itself recorded, so an overlapping run's output is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cdc_pipeline.errors import CommitConflictError, ConfigurationError
+from cdc_pipeline.manifest import SUCCEEDED, Manifest
+from cdc_pipeline.plan import Plan, WorkItem
+from cdc_pipeline.state import StateDocument, StateStore, TableState
+from cdc_pipeline.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETAINED_SNAPSHOTS = 2
+
+
+@dataclass(frozen=True)
+class TableOutcome:
+    """One table's line in the run report."""
+
+    table: str
+    status: str  # succeeded | failed | skipped
+    load_type: str | None = None
+    rows_read: int | None = None
+    rows_written: int | None = None
+    rows_set_aside: int | None = None
+    watermark_before: str | None = None
+    watermark_after: str | None = None
+    duration_s: float | None = None
+    location: str | None = None
+    message: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CommitReport:
+    run_id: str
+    revision: int
+    committed_at: str
+    outcomes: list[TableOutcome]
+    warnings: list[str]
+    deleted_locations: list[str]
+
+    @property
+    def failed(self) -> list[TableOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "revision": self.revision,
+            "committed_at": self.committed_at,
+            "tables": [outcome.__dict__ for outcome in self.outcomes],
+            "warnings": self.warnings,
+            "deleted_locations": self.deleted_locations,
+        }
+
+
+def commit_run(
+    plan: Plan,
+    state_store: StateStore,
+    storage: Storage,
+    *,
+    failures: dict[str, str] | None = None,
+    retained_snapshots: int = DEFAULT_RETAINED_SNAPSHOTS,
+    now: datetime | None = None,
+) -> CommitReport:
+    """Publish the run's successful tables; ``failures`` carries ingest errors by table name.
+
+    Raises CommitConflictError when another run committed since ``plan`` was made. Committing the
+    same run twice (a retried Commit Lambda) returns the report again and writes nothing.
+    """
+    if retained_snapshots < 1:
+        raise ConfigurationError("retained snapshots must be at least 1 (the current snapshot)")
+    failures = failures or {}
+    committed_at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+    current, version = state_store.read()
+
+    manifests: dict[str, Manifest] = {}
+    outcomes: list[TableOutcome] = []
+    for item in plan.items:
+        manifest, problem = _manifest_for(item, storage, failures)
+        if manifest is None:
+            before = current.tables.get(item.table)
+            outcomes.append(
+                TableOutcome(
+                    table=item.table, status="failed", load_type=item.load_type,
+                    watermark_before=before.watermark if before else None,
+                    watermark_after=before.watermark if before else None,
+                    message=problem, warnings=item.warnings,
+                )
+            )
+            continue
+        manifests[item.table] = manifest
+    outcomes += [TableOutcome(table=t, status="failed", message=m) for t, m in plan.failed.items()]
+    outcomes += [TableOutcome(table=t, status="skipped", message=m) for t, m in plan.skipped.items()]
+
+    if current.run_id == plan.run_id:
+        logger.info("run %s is already committed at revision %d", plan.run_id, current.revision)
+        tables = current.tables
+        document = current
+        expired: list[str] = []
+    else:
+        if version != plan.state_version:
+            raise CommitConflictError(
+                f"run {current.run_id!r} committed revision {current.revision} after run {plan.run_id!r} "
+                "planned; this run published nothing, start it again",
+                competing_run_id=current.run_id,
+            )
+        tables = dict(current.tables)
+        expired = []
+        for name, manifest in manifests.items():
+            tables[name], dropped = _next_state(current.tables.get(name), manifest, committed_at, retained_snapshots)
+            expired += dropped
+        document = current.with_tables(tables, plan.run_id, committed_at)
+        if manifests:
+            state_store.write(document, expected_version=version)
+            logger.info("run %s committed %d table(s) as revision %d", plan.run_id, len(manifests), document.revision)
+        else:
+            document = current
+
+    for name, manifest in manifests.items():
+        previous = current.tables.get(name) if current.run_id != plan.run_id else None
+        outcomes.append(
+            TableOutcome(
+                table=name, status="succeeded", load_type=manifest.load_type,
+                rows_read=manifest.rows_read, rows_written=manifest.rows_written,
+                rows_set_aside=manifest.rows_set_aside,
+                watermark_before=previous.watermark if previous else manifest.watermark_before,
+                watermark_after=manifest.watermark_after, duration_s=manifest.duration_s,
+                location=manifest.output_location, warnings=manifest.warnings,
+            )
+        )
+    deleted = _delete_unreferenced(
+        storage, expired + [i.output_location for i in plan.items if i.table not in manifests], document
+    )
+    return CommitReport(
+        run_id=plan.run_id,
+        revision=document.revision,
+        committed_at=document.committed_at or committed_at,
+        outcomes=sorted(outcomes, key=lambda outcome: outcome.table),
+        warnings=plan.warnings,
+        deleted_locations=deleted,
+    )
+
+
+def _manifest_for(
+    item: WorkItem, storage: Storage, failures: dict[str, str]
+) -> tuple[Manifest | None, str | None]:
+    if item.table in failures:
+        return None, failures[item.table]
+    data = storage.read_json(item.manifest_location)
+    if data is None:
+        return None, f"no manifest at {item.manifest_location}: its ingest did not finish"
+    manifest = Manifest.from_json(data)
+    if (manifest.run_id, manifest.table) != (item.run_id, item.table) or manifest.status != SUCCEEDED:
+        return None, (
+            f"manifest {item.manifest_location} is for run {manifest.run_id!r} table {manifest.table!r} "
+            f"with status {manifest.status!r}, not a success of this run"
+        )
+    return manifest, None
+
+
+def _next_state(
+    previous: TableState | None, manifest: Manifest, committed_at: str, retained_snapshots: int
+) -> tuple[TableState, list[str]]:
+    """The table's new tracker and the snapshot locations that fall out of retention."""
+    history: list[str] = []
+    if previous is not None:
+        history = [previous.location, *previous.previous_locations]
+    history = [location for location in dict.fromkeys(history) if location != manifest.output_location]
+    keep = retained_snapshots - 1
+    state = TableState(
+        watermark=manifest.watermark_after,
+        location=manifest.output_location,
+        rows=manifest.rows_written,
+        run_id=manifest.run_id,
+        committed_at=committed_at,
+        load_type=manifest.load_type,
+        mode=manifest.mode,
+        watermark_column=manifest.watermark_column,
+        previous_locations=tuple(history[:keep]),
+    )
+    return state, history[keep:]
+
+
+def _delete_unreferenced(storage: Storage, locations: list[str], document: StateDocument) -> list[str]:
+    referenced = set()
+    for table in document.tables.values():
+        referenced.add(table.location)
+        referenced.update(table.previous_locations)
+    deleted = []
+    for location in dict.fromkeys(locations):
+        if location in referenced:
+            continue
+        storage.delete_tree(location)
+        deleted.append(location)
+    return deleted

@@ -1,0 +1,37 @@
+"""The result manifest: what one table's ingest produced, written before anything is published."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUCCEEDED = "succeeded"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    run_id: str
+    table: str
+    status: str
+    load_type: str
+    mode: str
+    rows_read: int
+    rows_written: int
+    rows_set_aside: int
+    null_watermark_rows: int
+    watermark_column: str | None
+    watermark_before: str | None
+    watermark_after: str | None
+    schema: str
+    output_location: str
+    quarantine_location: str | None
+    started_at: str
+    duration_s: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(**data)

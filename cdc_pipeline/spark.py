@@ -1,0 +1,75 @@
+"""The SparkSession settings every ingest relies on, in one place for local runs, tests and Glue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from cdc_pipeline.errors import ConfigurationError, JavaNotFoundError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+# Watermark literals and maxima are computed on the UTC wall clock (see transform.py), and Parquet
+# timestamps are written as INT64 microseconds, which Athena, DuckDB and pyarrow all read (Spark's
+# INT96 default is deprecated and read inconsistently).
+REQUIRED_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+    "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",
+}
+LOCAL_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.adaptive.enabled": "true",
+    # A snapshot folder holds exactly its Parquet files: no _SUCCESS marker.
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.hadoop.parquet.enable.summary-metadata": "false",
+    "spark.driver.memory": "4g",
+}
+
+
+def ensure_java() -> None:
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise JavaNotFoundError(
+            "PySpark needs Java 17 and none was found on PATH (JAVA_HOME is unset either). Install it, "
+            "e.g. `sudo apt-get install openjdk-17-jre-headless` or `brew install openjdk@17`"
+        )
+
+
+def local_session(parallelism: int | None = None) -> SparkSession:
+    """A ``local[N]`` session for the local runner and the tests; reuses an active session."""
+    ensure_java()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        configure(active)
+        return active
+    builder = SparkSession.builder.master(f"local[{parallelism or '*'}]").appName("cdc-pipeline")
+    for key, value in {**LOCAL_CONF, **REQUIRED_CONF}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def configure(session: SparkSession) -> None:
+    """Apply the settings ingest relies on to a session built elsewhere (e.g. by Glue)."""
+    for key, value in REQUIRED_CONF.items():
+        session.conf.set(key, value)
+    session.sparkContext._jsc.hadoopConfiguration().set(  # type: ignore[union-attr]
+        "mapreduce.fileoutputcommitter.marksuccessfuljobs", "false"
+    )
+
+
+def check_session(session: SparkSession) -> None:
+    zone = session.conf.get("spark.sql.session.timeZone")
+    if zone != "UTC":
+        raise ConfigurationError(
+            f"Spark session time zone is {zone!r}; ingest needs UTC to keep watermarks exact. Build the "
+            "session with cdc_pipeline.spark.local_session() or call cdc_pipeline.spark.configure()"
+        )

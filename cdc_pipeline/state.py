@@ -1,0 +1,225 @@
+"""The committed state: one document holding every table's tracker, replaced atomically.
+
+Everything a run publishes (each table's watermark and current snapshot location) lives in ONE
+document, so a commit is one atomic write: readers see the whole previous run or the whole new
+one. Writes are compare-and-swap against the version the run planned from; a competing commit is
+refused with :class:`CommitConflictError`, never overwritten. Locally a lock file plus an atomic
+rename give that; on S3 a conditional ``PutObject`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from cdc_pipeline.errors import CommitConflictError, StateCorruptError
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.json"
+LOCK_FILE = "state.lock"
+HISTORY_DIR = "history"
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One table's tracker: what its current snapshot is and how far it has read."""
+
+    watermark: str | None
+    location: str
+    rows: int
+    run_id: str
+    committed_at: str
+    load_type: str
+    mode: str
+    watermark_column: str | None = None
+    previous_locations: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["previous_locations"] = list(self.previous_locations)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TableState:
+        return cls(**{**data, "previous_locations": tuple(data.get("previous_locations", ()))})
+
+
+@dataclass(frozen=True)
+class StateDocument:
+    """Every table's tracker, at one revision."""
+
+    revision: int = 0
+    run_id: str | None = None
+    committed_at: str | None = None
+    tables: dict[str, TableState] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "revision": self.revision,
+            "run_id": self.run_id,
+            "committed_at": self.committed_at,
+            "tables": {name: self.tables[name].to_json() for name in sorted(self.tables)},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str) -> StateDocument:
+        try:
+            if data.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+            return cls(
+                revision=int(data["revision"]),
+                run_id=data.get("run_id"),
+                committed_at=data.get("committed_at"),
+                tables={name: TableState.from_json(value) for name, value in data["tables"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateCorruptError(_corrupt_message(source, f"unexpected content ({exc!r})")) from exc
+
+    def with_tables(self, tables: dict[str, TableState], run_id: str, committed_at: str) -> StateDocument:
+        return replace(
+            self, revision=self.revision + 1, run_id=run_id, committed_at=committed_at, tables=tables
+        )
+
+
+def _corrupt_message(source: str, detail: str) -> str:
+    return (
+        f"state document {source} is corrupt: {detail}. It is not treated as empty (that would force "
+        f"full reloads of every table); restore the last good revision from the {HISTORY_DIR}/ folder "
+        "beside it, or delete it deliberately to start over with full loads"
+    )
+
+
+class StateStore(Protocol):
+    """Reads and compare-and-swap writes the state document."""
+
+    def read(self) -> tuple[StateDocument, str | None]:
+        """The current document and its version token (None when no document exists yet)."""
+        ...
+
+    def write(self, document: StateDocument, expected_version: str | None) -> str:
+        """Replace the document if it is still at ``expected_version``; return the new version.
+
+        Raises CommitConflictError when another commit came first.
+        """
+        ...
+
+
+class LocalStateStore:
+    """The state document in a local directory: lock file, compare, write-then-rename."""
+
+    def __init__(self, directory: str | Path, lock_timeout_s: float = 10.0) -> None:
+        self.directory = Path(directory)
+        self.lock_timeout_s = lock_timeout_s
+
+    @property
+    def path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def read(self) -> tuple[StateDocument, str | None]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return StateDocument(), None
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateCorruptError(_corrupt_message(str(self.path), f"not valid JSON ({exc})")) from exc
+        if not isinstance(data, dict):
+            raise StateCorruptError(_corrupt_message(str(self.path), "not a JSON object"))
+        document = StateDocument.from_json(data, str(self.path))
+        return document, str(document.revision)
+
+    def write(self, document: StateDocument, expected_version: str | None) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        run_id = document.run_id or "unknown"
+        with _LockFile(self.directory / LOCK_FILE, run_id, self.lock_timeout_s):
+            current, version = self.read()
+            if version != expected_version:
+                raise CommitConflictError(
+                    f"state {self.path} moved on since this run planned: run {current.run_id!r} committed "
+                    f"revision {current.revision} (this run planned from "
+                    f"{'no state' if expected_version is None else 'revision ' + expected_version}); "
+                    "nothing was published by this run, start it again",
+                    competing_run_id=current.run_id,
+                )
+            payload = json.dumps(document.to_json(), indent=2, sort_keys=True).encode()
+            _atomic_write(self.path, payload, run_id)
+            history = self.directory / HISTORY_DIR
+            history.mkdir(exist_ok=True)
+            _atomic_write(history / f"{document.revision:010d}.json", payload, run_id)
+        return str(document.revision)
+
+
+def _atomic_write(path: Path, payload: bytes, run_id: str) -> None:
+    temporary = path.with_name(f".{path.name}.{run_id}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class _LockFile:
+    """An exclusive lock file naming its holder; a lock left by a dead local process is taken over."""
+
+    def __init__(self, path: Path, run_id: str, timeout_s: float) -> None:
+        self.path = path
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> _LockFile:
+        deadline = time.monotonic() + self.timeout_s
+        holder_text = json.dumps({"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()})
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if self._is_stale(holder):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise CommitConflictError(
+                        f"state lock {self.path} is held by run {holder.get('run_id')!r} (pid "
+                        f"{holder.get('pid')}): another commit is in progress; this run published "
+                        "nothing, start it again when that one has finished",
+                        competing_run_id=holder.get("run_id"),
+                    ) from None
+                time.sleep(0.05)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(holder_text)
+            return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def _is_stale(holder: dict[str, Any]) -> bool:
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False

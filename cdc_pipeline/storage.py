@@ -1,0 +1,51 @@
+"""Small JSON documents and run-specific folders: the plan, the manifests, cleanup of old snapshots.
+
+Locations are plain strings (local paths here, ``s3://`` URIs on AWS) so that one work item means
+the same thing to the Lambdas, the Glue job and the local runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Storage(Protocol):
+    def write_json(self, location: str, data: dict[str, Any]) -> None: ...
+
+    def read_json(self, location: str) -> dict[str, Any] | None:
+        """The document, or None when there is none at ``location``."""
+        ...
+
+    def delete_tree(self, location: str) -> None:
+        """Remove everything at and below ``location``; a missing location is not an error."""
+        ...
+
+
+class LocalStorage:
+    """Storage on the local file system; writes are atomic (write, then rename)."""
+
+    def write_json(self, location: str, data: dict[str, Any]) -> None:
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(temporary, path)
+
+    def read_json(self, location: str) -> dict[str, Any] | None:
+        try:
+            text = Path(location).read_text()
+        except FileNotFoundError:
+            return None
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{location} holds JSON that is not an object")
+        return data
+
+    def delete_tree(self, location: str) -> None:
+        path = Path(location)
+        if path.exists():
+            shutil.rmtree(path)
