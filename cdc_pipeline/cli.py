@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tables", help="comma-separated table names (default: every table)")
     run.add_argument("--parallelism", type=int, default=2, help="tables ingested at once (default 2)")
     run.add_argument(
-        "--retain-snapshots", type=int, default=2, help="snapshots kept per table, current included (default 2)"
+        "--retain-snapshots",
+        type=int,
+        default=2,
+        help="snapshots kept per table, current included (default 2)",
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -106,7 +109,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     # Warnings reach the user through the report; keep the terminal for progress and errors.
     logging.getLogger("cdc_pipeline").setLevel(logging.ERROR)
     logging.getLogger("py4j").setLevel(logging.ERROR)

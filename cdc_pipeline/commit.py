@@ -94,10 +94,13 @@ def commit_run(
             before = current.tables.get(item.table)
             outcomes.append(
                 TableOutcome(
-                    table=item.table, status="failed", load_type=item.load_type,
+                    table=item.table,
+                    status="failed",
+                    load_type=item.load_type,
                     watermark_before=before.watermark if before else None,
                     watermark_after=before.watermark if before else None,
-                    message=problem, warnings=item.warnings,
+                    message=problem,
+                    warnings=item.warnings,
                 )
             )
             continue
@@ -120,12 +123,16 @@ def commit_run(
         tables = dict(current.tables)
         expired = []
         for name, manifest in manifests.items():
-            tables[name], dropped = _next_state(current.tables.get(name), manifest, committed_at, retained_snapshots)
+            tables[name], dropped = _next_state(
+                current.tables.get(name), manifest, committed_at, retained_snapshots
+            )
             expired += dropped
         document = current.with_tables(tables, plan.run_id, committed_at)
         if manifests:
             state_store.write(document, expected_version=version)
-            logger.info("run %s committed %d table(s) as revision %d", plan.run_id, len(manifests), document.revision)
+            logger.info(
+                "run %s committed %d table(s) as revision %d", plan.run_id, len(manifests), document.revision
+            )
         else:
             document = current
 
@@ -133,12 +140,17 @@ def commit_run(
         previous = current.tables.get(name) if current.run_id != plan.run_id else None
         outcomes.append(
             TableOutcome(
-                table=name, status="succeeded", load_type=manifest.load_type,
-                rows_read=manifest.rows_read, rows_written=manifest.rows_written,
+                table=name,
+                status="succeeded",
+                load_type=manifest.load_type,
+                rows_read=manifest.rows_read,
+                rows_written=manifest.rows_written,
                 rows_set_aside=manifest.rows_set_aside,
                 watermark_before=previous.watermark if previous else manifest.watermark_before,
-                watermark_after=manifest.watermark_after, duration_s=manifest.duration_s,
-                location=manifest.output_location, warnings=manifest.warnings,
+                watermark_after=manifest.watermark_after,
+                duration_s=manifest.duration_s,
+                location=manifest.output_location,
+                warnings=manifest.warnings,
             )
         )
     deleted = _delete_unreferenced(

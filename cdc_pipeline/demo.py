@@ -68,7 +68,9 @@ class RawZone:
         self.sequence = 0
 
     def _tick(self) -> datetime:
-        self.clock += timedelta(seconds=self.random.randint(1, 90), microseconds=self.random.randint(0, 999_999))
+        self.clock += timedelta(
+            seconds=self.random.randint(1, 90), microseconds=self.random.randint(0, 999_999)
+        )
         return self.clock
 
     def _write(self, table: str, batch: int, schema: pa.Schema, rows: list[dict[str, object]]) -> None:
@@ -81,8 +83,12 @@ class RawZone:
         customers: list[dict[str, object]] = []
         new_ids = range(len(self.customers) + 1, len(self.customers) + (40 if batch == 0 else 8) + 1)
         for customer_id in new_ids:
-            row = {"customer_id": customer_id, "name": f"Customer {customer_id}",
-                   "email": f"c{customer_id}@example.com", "tier": rnd.choice(TIERS)}
+            row = {
+                "customer_id": customer_id,
+                "name": f"Customer {customer_id}",
+                "email": f"c{customer_id}@example.com",
+                "tier": rnd.choice(TIERS),
+            }
             self.customers[customer_id] = row
             customers.append({"Op": "I", **row, "updated_at": self._tick()})
         if batch:
@@ -97,8 +103,11 @@ class RawZone:
         for order_id in range(batch * 100 + 1, batch * 100 + 16):
             for line_no in range(1, rnd.randint(1, 4) + 1):
                 self.order_lines[(order_id, line_no)] = {
-                    "order_id": order_id, "line_no": line_no, "sku": rnd.choice(SKUS),
-                    "quantity": rnd.randint(1, 5), "unit_price": Decimal(rnd.randint(199, 9999)) / 100,
+                    "order_id": order_id,
+                    "line_no": line_no,
+                    "sku": rnd.choice(SKUS),
+                    "quantity": rnd.randint(1, 5),
+                    "unit_price": Decimal(rnd.randint(199, 9999)) / 100,
                 }
         changed = rnd.sample(sorted(self.order_lines), 10)
         stamp = self._tick()
@@ -113,15 +122,20 @@ class RawZone:
         self._write("order_lines", batch, ORDER_LINES, lines)
 
         views = [
-            {"session_id": f"s{rnd.randint(1, 30)}", "path": rnd.choice(["/", "/pricing", "/docs", "/signup"]),
-             "updated_at": self._tick()}
+            {
+                "session_id": f"s{rnd.randint(1, 30)}",
+                "path": rnd.choice(["/", "/pricing", "/docs", "/signup"]),
+                "updated_at": self._tick(),
+            }
             for _ in range(25)
         ]
         self._write("page_views", batch, PAGE_VIEWS, views)
 
         if batch == 0:
-            countries = [{"country_code": c, "name": n} for c, n in
-                         [("DE", "Germany"), ("FR", "France"), ("JP", "Japan"), ("US", "United States")]]
+            countries: list[dict[str, object]] = [
+                {"country_code": c, "name": n}
+                for c, n in [("DE", "Germany"), ("FR", "France"), ("JP", "Japan"), ("US", "United States")]
+            ]
             self._write("countries", batch, COUNTRIES, countries)
         elif batch == 2:
             self._write("countries", batch, COUNTRIES, [{"country_code": "BR", "name": "Brazil"}])
@@ -139,8 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     registry.mkdir(parents=True)
     (registry / "tables-2026-11-01.csv").write_text(REGISTRY)
     zone = RawZone(raw)
-    common = ["--source", str(raw), "--output", str(args.workdir / "current"),
-              "--state", str(args.workdir / "state"), "--registry", str(registry)]
+    common = [
+        "--source",
+        str(raw),
+        "--output",
+        str(args.workdir / "current"),
+        "--state",
+        str(args.workdir / "state"),
+        "--registry",
+        str(registry),
+    ]
 
     worst = 0
     for batch in range(args.rounds + 1):
@@ -150,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, cli_main(["run", *common]))
     print("\n=== committed state ===", flush=True)
     cli_main(["status", "--state", str(args.workdir / "state")])
-    print(f"\nSnapshots are under {args.workdir / 'current'}; query one with DuckDB, e.g.\n"
-          f"  duckdb -c \"select * from read_parquet('<location>/*.parquet')\"")
+    print(
+        f"\nSnapshots are under {args.workdir / 'current'}; query one with DuckDB, e.g.\n"
+        f"  duckdb -c \"select * from read_parquet('<location>/*.parquet')\""
+    )
     return worst
 
 

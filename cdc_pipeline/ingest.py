@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from py4j.protocol import Py4JJavaError
 
 from cdc_pipeline.errors import TableError
 from cdc_pipeline.manifest import SUCCEEDED, Manifest
@@ -54,8 +55,11 @@ def ingest_table(
     storage.write_json(item.manifest_location, manifest.to_json())
     logger.info(
         "table %s ingested: %d rows read, %d written, watermark %s -> %s",
-        item.table, manifest.rows_read, manifest.rows_written,
-        manifest.watermark_before, manifest.watermark_after,
+        item.table,
+        manifest.rows_read,
+        manifest.rows_written,
+        manifest.watermark_before,
+        manifest.watermark_after,
     )
     return manifest
 
@@ -82,36 +86,47 @@ def _ingest(
     batch = batch.persist()
     try:
         stats = _batch_stats(batch, item, kind)
-        rows_read = stats["rows"]
-        if stats["null_watermarks"]:
-            warnings.append(_null_watermark_warning(item, stats["null_watermarks"], keyed, incremental))
-        after = _new_watermark(before, stats["max_watermark"], kind)
+        if stats.null_watermarks:
+            warnings.append(_null_watermark_warning(item, stats.null_watermarks, keyed, incremental))
+        after = _new_watermark(before, stats.max_watermark, kind)
+        snapshot = read_snapshot(spark, item) if incremental else None
+        counts = {"rows_read": stats.rows, "null_watermarks": stats.null_watermarks}
 
-        if incremental and rows_read == 0 and item.current_snapshot:
+        if snapshot is not None and item.current_snapshot and stats.rows == 0:
+            # Nothing new: the snapshot stays where it is, no rewrite.
             return _manifest(
-                item, warnings, started_at, start, rows_read=0, set_aside=0,
-                null_watermarks=stats["null_watermarks"], before=before, after=after,
-                output=item.current_snapshot, quarantine=None,
-                schema=read_snapshot(spark, item).schema.simpleString(),
-                rows_written=read_snapshot(spark, item).count(),
+                item,
+                warnings,
+                started_at,
+                start,
+                **counts,
+                set_aside=0,
+                before=before,
+                after=after,
+                output=item.current_snapshot,
+                quarantine=None,
+                schema=snapshot.schema.simpleString(),
+                rows_written=snapshot.count(),
             )
 
         quarantine = None
-        set_aside = stats["null_keys"]
-        if keyed and set_aside:
+        if keyed and stats.null_keys:
             quarantine = item.quarantine_location
             batch.filter(null_key_condition(item.primary_key)).write.mode("overwrite").parquet(quarantine)
             warnings.append(
-                f"{set_aside} row(s) with a null primary key set aside in {quarantine}; fix them at the "
-                "source, they are not in the snapshot"
+                f"{stats.null_keys} row(s) with a null primary key set aside in {quarantine}; fix them at "
+                "the source, they are not in the snapshot"
             )
 
-        snapshot = read_snapshot(spark, item) if incremental else None
         if keyed:
-            valid = batch.filter(~null_key_condition(item.primary_key))
-            ordering = [c for c in (item.watermark_column, item.sequence_column) if c]
             result = merge_into_snapshot(
-                snapshot, valid, item.primary_key, ordering, item.delete_column, item.delete_values, strategy
+                snapshot,
+                batch.filter(~null_key_condition(item.primary_key)),
+                primary_key=item.primary_key,
+                ordering=[c for c in (item.watermark_column, item.sequence_column) if c],
+                delete_column=item.delete_column,
+                delete_values=item.delete_values,
+                strategy=strategy,
             )
         else:
             result = append_rows(snapshot, batch)
@@ -122,10 +137,18 @@ def _ingest(
 
     written = spark.read.parquet(item.output_location)
     return _manifest(
-        item, warnings, started_at, start, rows_read=rows_read, set_aside=set_aside,
-        null_watermarks=stats["null_watermarks"], before=before, after=after,
-        output=item.output_location, quarantine=quarantine,
-        schema=written.schema.simpleString(), rows_written=written.count(),
+        item,
+        warnings,
+        started_at,
+        start,
+        **counts,
+        set_aside=stats.null_keys if keyed else 0,
+        before=before,
+        after=after,
+        output=item.output_location,
+        quarantine=quarantine,
+        schema=written.schema.simpleString(),
+        rows_written=written.count(),
     )
 
 
@@ -169,28 +192,37 @@ def _watermark_kind(item: WorkItem, source: DataFrame) -> WatermarkKind | None:
     return kind
 
 
-def _batch_stats(batch: DataFrame, item: WorkItem, kind: WatermarkKind | None) -> dict[str, int | None]:
+@dataclass(frozen=True)
+class _BatchStats:
+    rows: int
+    null_keys: int
+    null_watermarks: int
+    max_watermark: int | None
+
+
+def _batch_stats(batch: DataFrame, item: WorkItem, kind: WatermarkKind | None) -> _BatchStats:
     """Every count the manifest needs, in one pass over the batch."""
-    aggregates = [F.count(F.lit(1)).alias("rows")]
+    zero = F.lit(0).cast("long")
     keyed = item.mode == Mode.DEDUP
-    aggregates.append(
-        F.sum(null_key_condition(item.primary_key).cast("long")).alias("null_keys")
-        if keyed else F.lit(0).alias("null_keys")
-    )
+    null_keys = F.sum(null_key_condition(item.primary_key).cast("long")) if keyed else zero
     if item.watermark_column and kind:
-        aggregates.append(F.sum(col(item.watermark_column).isNull().cast("long")).alias("null_watermarks"))
-        aggregates.append(F.max(watermark_micros(item.watermark_column, kind)).alias("max_watermark"))
+        null_watermarks = F.sum(col(item.watermark_column).isNull().cast("long"))
+        max_watermark = F.max(watermark_micros(item.watermark_column, kind))
     else:
-        aggregates.append(F.lit(0).alias("null_watermarks"))
-        aggregates.append(F.lit(None).cast("long").alias("max_watermark"))
-    row = batch.agg(*aggregates).first()
-    assert row is not None  # an aggregate without grouping always returns one row
-    return {
-        "rows": int(row["rows"]),
-        "null_keys": int(row["null_keys"] or 0),
-        "null_watermarks": int(row["null_watermarks"] or 0),
-        "max_watermark": row["max_watermark"],
-    }
+        null_watermarks, max_watermark = zero, F.lit(None).cast("long")
+    row = batch.agg(
+        F.count(F.lit(1)).alias("rows"),
+        null_keys.alias("null_keys"),
+        null_watermarks.alias("null_watermarks"),
+        max_watermark.alias("max_watermark"),
+    ).first()
+    assert row is not None  # a global aggregate always returns one row
+    return _BatchStats(
+        rows=int(row["rows"]),
+        null_keys=int(row["null_keys"] or 0),
+        null_watermarks=int(row["null_watermarks"] or 0),
+        max_watermark=row["max_watermark"],
+    )
 
 
 def _new_watermark(

@@ -166,7 +166,11 @@ def plan_run(
                 skipped[name] = "no data files yet; its state is left as it was"
                 logger.warning("table %s skipped: no data files", name)
                 continue
-            items.append(_work_item(table, registry, state, layout, run_id, load_type))
+            items.append(
+                _work_item(
+                    table, registry=registry, state=state, layout=layout, run_id=run_id, requested=load_type
+                )
+            )
         except TableError as exc:
             failed[name] = str(exc)
             logger.error("table %s cannot be planned: %s", name, exc)
@@ -187,6 +191,7 @@ def plan_run(
 
 def _work_item(
     table: CatalogTable,
+    *,
     registry: Registry,
     state: StateDocument,
     layout: Layout,
@@ -231,9 +236,7 @@ def _work_item(
         )
 
     tracker = state.tables.get(table.name)
-    if requested is LoadType.FULL:
-        load_type = LoadType.FULL
-    elif watermark_column is None:
+    if requested is LoadType.FULL or watermark_column is None:
         load_type = LoadType.FULL
     elif tracker is None:
         load_type = LoadType.FULL

@@ -82,7 +82,9 @@ class LocalRegistrySource:
                 f"registry directory {self.directory} does not exist; create it and add a CSV file "
                 "with the header table_name,primary_key (see docs/registry.md)"
             )
-        files = [path for path in self.directory.iterdir() if path.suffix.lower() == ".csv" and path.is_file()]
+        files = [
+            path for path in self.directory.iterdir() if path.suffix.lower() == ".csv" and path.is_file()
+        ]
         if not files:
             raise RegistryError(
                 f"registry directory {self.directory} holds no .csv file; add one with the header "
@@ -135,7 +137,9 @@ def parse_registry(text: str, source: str) -> Registry:
                 f"({','.join(header)}), found {len(row)}; quote a composite key, e.g. "
                 'order_lines,"order_id,line_no"'
             )
-        entry = _parse_row(dict(zip(header, (cell.strip() for cell in row), strict=True)), source, line_number)
+        entry = _parse_row(
+            dict(zip(header, (cell.strip() for cell in row), strict=True)), source, line_number
+        )
         key = entry.table_name.lower()
         if key in tables:
             raise RegistryError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cdc_pipeline.commit import CommitReport, TableOutcome
 from cdc_pipeline.state import StateDocument
 
@@ -39,13 +41,21 @@ def _row(outcome: TableOutcome) -> tuple[str, ...]:
     watermark = f"{outcome.watermark_before or '-'} -> {outcome.watermark_after or '-'}"
     seconds = "-" if outcome.duration_s is None else f"{outcome.duration_s:.1f}"
     return (
-        outcome.table, outcome.status, outcome.load_type or "-", number(outcome.rows_read),
-        number(outcome.rows_written), number(outcome.rows_set_aside), watermark, seconds,
+        outcome.table,
+        outcome.status,
+        outcome.load_type or "-",
+        number(outcome.rows_read),
+        number(outcome.rows_written),
+        number(outcome.rows_set_aside),
+        watermark,
+        seconds,
     )
 
 
-def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
+
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
     return [line(headers), line(tuple("-" * width for width in widths)), *(line(row) for row in rows)]

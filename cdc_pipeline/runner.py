@@ -123,7 +123,7 @@ def _ingest_all(
             except TableError as exc:
                 failures[item.table] = str(exc)
                 say(item.table, f"FAILED: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one table's bug must not stop the others; reported, exit 1
+            except Exception as exc:
                 logger.exception("table %s failed unexpectedly", item.table)
                 failures[item.table] = f"unexpected {type(exc).__name__}: {exc}"
                 say(item.table, f"FAILED: {failures[item.table]}")

@@ -61,7 +61,7 @@ def configure(session: SparkSession) -> None:
     """Apply the settings ingest relies on to a session built elsewhere (e.g. by Glue)."""
     for key, value in REQUIRED_CONF.items():
         session.conf.set(key, value)
-    session.sparkContext._jsc.hadoopConfiguration().set(  # type: ignore[union-attr]
+    session.sparkContext._jsc.hadoopConfiguration().set(
         "mapreduce.fileoutputcommitter.marksuccessfuljobs", "false"
     )
 

@@ -100,7 +100,9 @@ def latest_per_key(
     order_columns = [*ordering, RANK_COLUMN, _TIEBREAK]
 
     if strategy is DedupStrategy.WINDOW:
-        window = Window.partitionBy(*(col(c) for c in primary_key)).orderBy(*(col(c).desc_nulls_last() for c in order_columns))
+        window = Window.partitionBy(*(col(c) for c in primary_key)).orderBy(
+            *(col(c).desc_nulls_last() for c in order_columns)
+        )
         return (
             df.withColumn(_ROW_NUMBER, F.row_number().over(window))
             .filter(col(_ROW_NUMBER) == 1)
@@ -127,13 +129,14 @@ def drop_deleted(df: DataFrame, delete_column: str | None, delete_values: Sequen
 def merge_into_snapshot(
     snapshot: DataFrame | None,
     batch: DataFrame,
+    *,
     primary_key: Sequence[str],
     ordering: Sequence[str],
     delete_column: str | None,
     delete_values: Sequence[str],
     strategy: DedupStrategy = DedupStrategy.AGGREGATE,
 ) -> DataFrame:
-    """The new current state: the newest version of every key in snapshot ∪ batch, deletes removed.
+    """The new current state: the newest version of every key in the snapshot and the batch, deletes removed.
 
     Deduplicating the batch and merging it into the snapshot is one aggregation over their union:
     an older version, from either side, never overwrites a newer one.

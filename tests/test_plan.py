@@ -1,0 +1,193 @@
+"""Plan: one work item per table, with every fallback of the original script explained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdc_pipeline.catalog import CatalogTable, Column
+from cdc_pipeline.errors import ConfigurationError, TableError
+from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
+from cdc_pipeline.registry import parse_registry
+from cdc_pipeline.state import StateDocument, TableState
+
+REGISTRY = parse_registry(
+    "table_name,primary_key,watermark_column,sequence_column,delete_column,delete_values,lookback\n"
+    "orders,order_id,,,Op,D,PT10M\n"
+    'order_lines,"order_id,line_no",changed_at,seq,,,\n'
+    "countries,code,,,,,\n"
+    "gone,id,,,,,\n",
+    "registry.csv",
+)
+LAYOUT = Layout(output_path="/lake/current", cdc_path="/lake/state")
+
+
+class FakeCatalog:
+    def __init__(self, *tables: CatalogTable) -> None:
+        self.tables = {table.name: table for table in tables}
+
+    def table_names(self) -> list[str]:
+        return sorted(self.tables)
+
+    def describe(self, name: str) -> CatalogTable:
+        table = self.tables[name]
+        if table.format == "broken":
+            raise TableError(name, "file x.parquet is not readable Parquet")
+        return table
+
+
+def table(name: str, *columns: tuple[str, str], has_data: bool = True, fmt: str = "parquet") -> CatalogTable:
+    return CatalogTable(name, f"/raw/{name}", fmt, tuple(Column(n, t) for n, t in columns), has_data=has_data)
+
+
+ORDERS = table("orders", ("order_id", "bigint"), ("Op", "string"), ("updated_at", "timestamp"))
+LINES = table(
+    "order_lines", ("order_id", "bigint"), ("line_no", "int"), ("seq", "bigint"), ("changed_at", "date")
+)
+COUNTRIES = table("countries", ("code", "string"), ("name", "string"))
+EVENTS = table("events", ("payload", "string"), ("updated_at", "timestamp_ntz"))
+
+
+def tracker(watermark: str | None, column: str | None = "updated_at") -> TableState:
+    return TableState(
+        watermark=watermark,
+        location="/lake/current/x/snapshots/r0",
+        rows=10,
+        run_id="r0",
+        committed_at="2026-01-01T00:00:00+00:00",
+        load_type="full",
+        mode="dedup",
+        watermark_column=column,
+    )
+
+
+def make_plan(catalog: FakeCatalog, state: StateDocument | None = None, **kwargs) -> Plan:
+    return plan_run(
+        catalog=catalog,
+        registry=REGISTRY,
+        state=state or StateDocument(),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+        **kwargs,
+    )
+
+
+def items_by_table(plan: Plan) -> dict:
+    return {item.table: item for item in plan.items}
+
+
+def test_first_run_plans_a_full_load_of_every_table_with_its_settings() -> None:
+    plan = make_plan(FakeCatalog(ORDERS, LINES, COUNTRIES, EVENTS))
+
+    items = items_by_table(plan)
+    assert sorted(items) == ["countries", "events", "order_lines", "orders"]
+    assert all(item.load_type == "full" for item in plan.items)
+    orders = items["orders"]
+    assert (orders.mode, orders.primary_key, orders.watermark_column) == ("dedup", ["order_id"], "updated_at")
+    assert (orders.delete_column, orders.delete_values, orders.lookback_micros) == ("Op", ["D"], 600_000_000)
+    assert orders.output_location == "/lake/current/orders/snapshots/r1"
+    assert orders.manifest_location == "/lake/state/runs/r1/manifests/orders.json"
+    assert "no committed tracker: full load" in orders.warnings
+    assert items["order_lines"].primary_key == ["order_id", "line_no"]
+    assert items["order_lines"].sequence_column == "seq"
+
+
+def test_committed_tracker_gives_an_incremental_load_from_its_watermark_and_snapshot() -> None:
+    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00.000001Z")})
+
+    orders = items_by_table(make_plan(FakeCatalog(ORDERS), state))["orders"]
+
+    assert orders.load_type == "incremental"
+    assert orders.last_watermark == "2026-01-01T00:00:00.000001Z"
+    assert orders.current_snapshot == "/lake/current/x/snapshots/r0"
+
+
+def test_requested_full_load_ignores_the_tracker() -> None:
+    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z")})
+
+    orders = items_by_table(make_plan(FakeCatalog(ORDERS), state, load_type=LoadType.FULL))["orders"]
+
+    assert (orders.load_type, orders.last_watermark, orders.current_snapshot) == ("full", None, None)
+
+
+def test_tracker_on_another_watermark_column_forces_a_full_load() -> None:
+    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z", column="created_at")})
+
+    orders = items_by_table(make_plan(FakeCatalog(ORDERS), state))["orders"]
+
+    assert orders.load_type == "full"
+    assert any("full load" in warning for warning in orders.warnings)
+
+
+def test_table_without_the_watermark_column_is_fully_reloaded_every_run_and_warned() -> None:
+    state = StateDocument(revision=3, tables={"countries": tracker(None, column=None)})
+
+    countries = items_by_table(make_plan(FakeCatalog(COUNTRIES), state))["countries"]
+
+    assert (countries.load_type, countries.watermark_column, countries.mode) == ("full", None, "dedup")
+    assert any("fully reloaded every run" in warning for warning in countries.warnings)
+
+
+def test_table_the_registry_does_not_know_is_appended_without_dedup_and_warned() -> None:
+    events = items_by_table(make_plan(FakeCatalog(EVENTS)))["events"]
+
+    assert (events.mode, events.primary_key) == ("append", [])
+    assert any("not in the registry" in warning for warning in events.warnings)
+
+
+def test_registry_naming_a_missing_column_fails_that_table_only() -> None:
+    broken_lines = table("order_lines", ("order_id", "bigint"), ("changed_at", "date"), ("seq", "bigint"))
+
+    plan = make_plan(FakeCatalog(ORDERS, broken_lines))
+
+    assert [item.table for item in plan.items] == ["orders"]
+    message = plan.failed["order_lines"]
+    assert "primary_key (line_no) 'line_no'" in message
+    assert "registry.csv" in message
+    assert "Fix the registry row" in message
+
+
+def test_watermark_column_of_an_unsupported_type_fails_the_table_with_the_fix() -> None:
+    stringly = table("orders", ("order_id", "bigint"), ("Op", "string"), ("updated_at", "string"))
+
+    plan = make_plan(FakeCatalog(stringly))
+
+    assert "has type string" in plan.failed["orders"]
+    assert "watermark_column" in plan.failed["orders"]
+
+
+def test_unreadable_table_fails_in_plan_without_blocking_the_others() -> None:
+    plan = make_plan(FakeCatalog(ORDERS, table("events", fmt="broken")))
+
+    assert [item.table for item in plan.items] == ["orders"]
+    assert "not readable Parquet" in plan.failed["events"]
+
+
+def test_table_without_data_files_is_skipped_and_its_state_left_alone() -> None:
+    plan = make_plan(FakeCatalog(ORDERS, table("events", has_data=False)))
+
+    assert "events" in plan.skipped
+    assert [item.table for item in plan.items] == ["orders"]
+
+
+def test_registry_entries_for_tables_the_source_lacks_are_warned() -> None:
+    plan = make_plan(FakeCatalog(ORDERS))
+
+    assert any("'gone'" in warning for warning in plan.warnings)
+
+
+def test_tables_filter_plans_only_those_and_rejects_unknown_names() -> None:
+    plan = make_plan(FakeCatalog(ORDERS, COUNTRIES, EVENTS), tables=["events", "orders"])
+    assert [item.table for item in plan.items] == ["events", "orders"]
+
+    with pytest.raises(ConfigurationError, match="--tables names nope"):
+        make_plan(FakeCatalog(ORDERS), tables=["nope"])
+
+
+def test_plan_survives_a_json_round_trip() -> None:
+    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z")})
+    plan = make_plan(FakeCatalog(ORDERS, LINES, COUNTRIES, EVENTS), state)
+
+    assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan

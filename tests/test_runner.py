@@ -1,0 +1,230 @@
+"""The local runner and CLI end to end on small tables: errors, quarantine, exit codes, status."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cdc_pipeline.cli import main
+from cdc_pipeline.errors import JavaNotFoundError
+from cdc_pipeline.spark import ensure_java
+
+pytestmark = pytest.mark.spark
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("updated_at", pa.timestamp("us", tz="UTC"))])
+
+
+class Lake:
+    """A raw zone, registry, output and state under one temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files = 0
+        for name in ("raw", "registry", "out", "state"):
+            (root / name).mkdir()
+        self.registry("table_name,primary_key,lookback\npeople,id,PT1M\n")
+
+    def registry(self, text: str) -> None:
+        (self.root / "registry" / "tables.csv").write_text(text)
+
+    def land(self, table: str, rows: list[dict], schema: pa.Schema = SCHEMA) -> Path:
+        self.files += 1
+        path = self.root / "raw" / table / f"part-{self.files:03d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+        return path
+
+    def run(self, *extra: str) -> int:
+        r = self.root
+        return main(
+            [
+                "run",
+                "--source",
+                str(r / "raw"),
+                "--output",
+                str(r / "out"),
+                "--state",
+                str(r / "state"),
+                "--registry",
+                str(r / "registry"),
+                *extra,
+            ]
+        )
+
+    def status(self, capsys) -> dict:
+        capsys.readouterr()
+        assert main(["status", "--state", str(self.root / "state"), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["tables"]
+
+
+def person(id_: int | None, name: str, seconds: float | None) -> dict:
+    return {
+        "id": id_,
+        "name": name,
+        "updated_at": None if seconds is None else T0 + timedelta(seconds=seconds),
+    }
+
+
+def rows_at(location: str) -> list[tuple]:
+    table = pq.read_table(location)
+    return sorted(zip(table["id"].to_pylist(), table["name"].to_pylist(), strict=True))
+
+
+@pytest.fixture
+def lake(tmp_path, spark) -> Lake:
+    return Lake(tmp_path)
+
+
+def test_rows_with_a_null_key_are_set_aside_in_quarantine_not_dropped(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1), person(None, "nobody", 2), person(None, "nemo", 3)])
+
+    assert lake.run() == 0
+
+    out = capsys.readouterr().out
+    assert "2 row(s) with a null primary key set aside" in out
+    status = lake.status(capsys)["people"]
+    assert rows_at(status["location"]) == [(1, "ada")]
+    quarantined = pq.read_table(lake.root / "out" / "people" / "quarantine" / status["run_id"])
+    assert sorted(quarantined["name"].to_pylist()) == ["nemo", "nobody"]
+
+
+def test_one_unreadable_table_fails_alone_and_the_run_exits_1(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1)])
+    lake.land("broken", [person(1, "x", 1)])
+    (lake.root / "raw" / "broken" / "garbage.parquet").write_bytes(b"this is not parquet")
+
+    assert lake.run() == 1
+
+    out = capsys.readouterr().out
+    assert "garbage.parquet" in out
+    status = lake.status(capsys)
+    assert set(status) == {"people"}
+    assert rows_at(status["people"]["location"]) == [(1, "ada")]
+
+
+def test_failed_table_keeps_its_previous_watermark_and_snapshot(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1)])
+    assert lake.run() == 0
+    before = lake.status(capsys)["people"]
+    bad = lake.land("people", [person(2, "bob", 5)])
+    bad.write_bytes(b"truncated upload")
+
+    assert lake.run() == 1
+
+    after = lake.status(capsys)["people"]
+    assert (after["watermark"], after["location"], after["run_id"]) == (
+        before["watermark"],
+        before["location"],
+        before["run_id"],
+    )
+    assert rows_at(after["location"]) == [(1, "ada")]
+
+
+def test_incremental_run_with_nothing_new_keeps_watermark_and_rows(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1)])
+    lake.land("events", [person(7, "click", 1)])  # not in the registry: appended
+    assert lake.run() == 0
+    before = lake.status(capsys)
+
+    assert lake.run() == 0
+
+    after = lake.status(capsys)
+    for table in ("people", "events"):
+        assert (after[table]["watermark"], after[table]["rows"]) == (before[table]["watermark"], 1)
+        assert len(rows_at(after[table]["location"])) == 1
+    # An append reads strictly newer rows: nothing new, so its snapshot is not even rewritten.
+    assert after["events"]["location"] == before["events"]["location"]
+
+
+def test_late_row_within_the_lookback_is_merged(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 100)])
+    assert lake.run() == 0
+    lake.land("people", [person(2, "late-but-in-window", 100 - 30), person(3, "too-late", 100 - 120)])
+
+    assert lake.run() == 0
+
+    status = lake.status(capsys)["people"]
+    # 30 s late is inside the 1-minute lookback; 2 minutes late is not (see docs/semantics.md).
+    assert rows_at(status["location"]) == [(1, "ada"), (2, "late-but-in-window")]
+    assert status["watermark"] == (T0 + timedelta(seconds=100)).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def test_null_watermarks_are_kept_and_never_move_the_watermark(lake, capsys) -> None:
+    lake.land("people", [person(1, "stamped", 10), person(2, "unstamped", None)])
+
+    assert lake.run() == 0
+
+    assert "1 row(s) with a null 'updated_at' read" in capsys.readouterr().out
+    status = lake.status(capsys)["people"]
+    assert rows_at(status["location"]) == [(1, "stamped"), (2, "unstamped")]
+    assert datetime.fromisoformat(status["watermark"]) == T0 + timedelta(seconds=10)
+
+
+def test_output_timestamps_are_int64_micros_readable_by_athena_duckdb_and_pyarrow(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 0.000001)])
+    assert lake.run() == 0
+    location = Path(lake.status(capsys)["people"]["location"])
+
+    files = sorted(location.glob("*.parquet"))
+    assert files
+    assert not list(location.glob("_SUCCESS"))
+    schema = pq.ParquetFile(files[0]).schema
+    column = schema.column(schema.names.index("updated_at"))
+    assert column.physical_type == "INT64"
+    assert pq.read_table(files[0]).schema.field("updated_at").type == pa.timestamp("us", tz="UTC")
+
+
+def test_source_column_with_the_reserved_prefix_fails_the_table_with_the_fix(lake, capsys) -> None:
+    schema = pa.schema([("id", pa.int64()), ("_cdc_flag", pa.string()), ("updated_at", pa.timestamp("us"))])
+    lake.land("people", [{"id": 1, "_cdc_flag": "x", "updated_at": datetime(2026, 1, 1)}], schema)
+
+    assert lake.run() == 1
+
+    assert "_cdc_flag use the prefix _cdc_" in capsys.readouterr().out
+
+
+def test_corrupt_state_is_a_configuration_error_not_a_silent_full_reload(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1)])
+    (lake.root / "state" / "state.json").write_text("{not json")
+
+    assert lake.run() == 2
+
+    err = capsys.readouterr().err
+    assert "state.json is corrupt" in err
+    assert "history/" in err
+    assert (lake.root / "state" / "state.json").read_text() == "{not json"
+
+
+def test_malformed_registry_exits_2_naming_the_file(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1)])
+    lake.registry("table_name,primary_key\npeople,id,extra\n")
+
+    assert lake.run() == 2
+
+    assert "tables.csv line 2" in capsys.readouterr().err
+
+
+def test_unknown_table_filter_and_bad_arguments_exit_2(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1)])
+
+    assert lake.run("--tables", "nope") == 2
+    assert "--tables names nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        lake.run("--load-type", "sideways")
+    assert usage.value.code == 2
+
+
+def test_missing_java_is_reported_with_the_install_hint(monkeypatch) -> None:
+    monkeypatch.setattr("cdc_pipeline.spark.shutil.which", lambda name: None)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+
+    with pytest.raises(JavaNotFoundError, match="apt-get install openjdk-17-jre-headless"):
+        ensure_java()

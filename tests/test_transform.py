@@ -1,0 +1,206 @@
+"""Dedup and merge semantics on a local SparkSession, checked against a plain-Python model."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyspark.sql import types as T
+
+from cdc_pipeline.transform import (
+    DedupStrategy,
+    incremental_rows,
+    latest_per_key,
+    merge_into_snapshot,
+    watermark_micros,
+)
+from cdc_pipeline.watermark import Watermark, WatermarkKind
+
+pytestmark = pytest.mark.spark
+
+SCHEMA = T.StructType(
+    [
+        T.StructField("id", T.LongType()),
+        T.StructField("value", T.StringType()),
+        T.StructField("seq", T.LongType()),
+        T.StructField("op", T.StringType()),
+        T.StructField("updated_at", T.TimestampType()),
+    ]
+)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def frame(spark, rows):
+    return spark.createDataFrame(rows, SCHEMA)
+
+
+def merge(snapshot, batch, strategy=DedupStrategy.AGGREGATE):
+    return merge_into_snapshot(
+        snapshot,
+        batch,
+        primary_key=["id"],
+        ordering=["updated_at", "seq"],
+        delete_column="op",
+        delete_values=["D"],
+        strategy=strategy,
+    )
+
+
+def as_set(df) -> set[tuple]:
+    return {(row.id, row.value) for row in df.collect()}
+
+
+@pytest.mark.parametrize("strategy", list(DedupStrategy))
+def test_latest_version_wins_by_watermark_then_sequence(spark, strategy) -> None:
+    batch = frame(
+        spark,
+        [
+            (1, "old", 9, "U", at(1)),
+            (1, "new", 1, "U", at(2)),
+            (2, "seq-1", 1, "U", at(5)),
+            (2, "seq-2", 2, "U", at(5)),
+        ],
+    )
+
+    assert as_set(merge(None, batch, strategy)) == {(1, "new"), (2, "seq-2")}
+
+
+@pytest.mark.parametrize("strategy", list(DedupStrategy))
+def test_late_older_version_never_overwrites_newer_snapshot_row(spark, strategy) -> None:
+    snapshot = frame(spark, [(1, "newer", 1, "U", at(10))])
+    late = frame(spark, [(1, "older", 1, "U", at(5)), (2, "fresh", 1, "I", at(5))])
+
+    assert as_set(merge(snapshot, late, strategy)) == {(1, "newer"), (2, "fresh")}
+
+
+@pytest.mark.parametrize("strategy", list(DedupStrategy))
+def test_delete_marker_removes_the_key_and_a_newer_insert_brings_it_back(spark, strategy) -> None:
+    snapshot = frame(spark, [(1, "a", 1, "I", at(1)), (2, "b", 1, "I", at(1))])
+    batch = frame(spark, [(1, "a", 2, "D", at(2)), (2, "b", 2, "D", at(2)), (2, "b2", 3, "I", at(3))])
+
+    assert as_set(merge(snapshot, batch, strategy)) == {(2, "b2")}
+
+
+@pytest.mark.parametrize("strategy", list(DedupStrategy))
+def test_null_watermark_sorts_below_every_stamped_version(spark, strategy) -> None:
+    batch = frame(
+        spark, [(1, "unstamped", 99, "U", None), (1, "stamped", 1, "U", at(0)), (2, "only", 1, "I", None)]
+    )
+
+    assert as_set(merge(None, batch, strategy)) == {(1, "stamped"), (2, "only")}
+
+
+@pytest.mark.parametrize("strategy", list(DedupStrategy))
+def test_batch_copy_wins_a_full_tie_with_the_snapshot(spark, strategy) -> None:
+    # Same (watermark, sequence) on both sides happens when the boundary instant is re-read.
+    snapshot = frame(spark, [(1, "snapshot", 1, "U", at(1))])
+    batch = frame(spark, [(1, "batch", 1, "U", at(1))])
+
+    assert as_set(merge(snapshot, batch, strategy)) == {(1, "batch")}
+
+
+def test_remaining_ties_resolve_the_same_whatever_the_input_order(spark) -> None:
+    rows = [(1, f"candidate-{n}", 1, "U", at(1)) for n in range(3)]
+    winners = set()
+    for permutation in itertools.permutations(rows):
+        for strategy in DedupStrategy:
+            df = frame(spark, list(permutation)).repartition(3)
+            winners |= as_set(latest_per_key(df, ["id"], ["updated_at", "seq"], strategy))
+    assert len(winners) == 1
+
+
+def _history(seed: int, keys: int, batches: int) -> tuple[list[list[tuple]], set[tuple]]:
+    """Random versions per key spread over batches (in any order, duplicated at times) and the
+    expected final state from a plain-Python model. A delete is a key's last version and arrives
+    with or after its other versions (late updates after a delete are tombstones' job)."""
+    rnd = random.Random(seed)
+    arrivals: list[list[tuple]] = [[] for _ in range(batches)]
+    expected = set()
+    for key in range(keys):
+        versions = []
+        stamp = 0.0
+        for n in range(rnd.randint(1, 5)):
+            stamp += rnd.choice([0, 0.000001, 1.5])
+            versions.append((key, f"k{key}v{n}", n, "U", at(stamp)))
+        deleted = rnd.random() < 0.25
+        if deleted:
+            versions.append((key, f"k{key}del", len(versions), "D", at(stamp + 1)))
+        slots = [rnd.randrange(batches) for _ in versions]
+        if deleted:
+            slots[-1] = max(slots)
+        for version, slot in zip(versions, slots, strict=True):
+            arrivals[slot].append(version)
+            if rnd.random() < 0.2:
+                arrivals[slot].append(version)  # the same change landing twice
+        if not deleted:
+            expected.add((key, versions[-1][1]))
+    for batch in arrivals:
+        rnd.shuffle(batch)
+    return arrivals, expected
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), batches=st.integers(1, 4), strategy=st.sampled_from(list(DedupStrategy)))
+def test_merging_batch_after_batch_equals_the_model_of_all_versions(spark, seed, batches, strategy) -> None:
+    arrivals, expected = _history(seed, keys=20, batches=batches)
+
+    snapshot = None
+    for batch in arrivals:
+        snapshot = merge(snapshot, frame(spark, batch), strategy).localCheckpoint()
+
+    assert snapshot is not None
+    assert as_set(snapshot) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "spark_type", "values"),
+    [
+        (WatermarkKind.TIMESTAMP, T.TimestampType(), [at(0), at(0.000001), at(0.000002)]),
+        (
+            WatermarkKind.TIMESTAMP_NTZ,
+            T.TimestampNTZType(),
+            [datetime(2026, 1, 1, 0, 0, 0, n) for n in (0, 1, 2)],
+        ),
+        (WatermarkKind.DATE, T.DateType(), [date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)]),
+    ],
+)
+def test_incremental_bound_is_exact_to_the_microsecond_for_each_kind(spark, kind, spark_type, values) -> None:
+    df = spark.createDataFrame([(v,) for v in values], T.StructType([T.StructField("w", spark_type)]))
+    # Spark, not Python, turns the values into micros: collected datetimes depend on the local zone.
+    micros = [r["m"] for r in df.select(watermark_micros("w", kind).alias("m")).orderBy("m").collect()]
+    bound = Watermark.from_micros(micros[1], kind)
+
+    def read(inclusive: bool) -> list[int]:
+        rows = incremental_rows(df, "w", kind, bound, inclusive=inclusive, keep_nulls=False)
+        return sorted(r["m"] for r in rows.select(watermark_micros("w", kind).alias("m")).collect())
+
+    assert read(inclusive=True) == micros[1:]
+    assert read(inclusive=False) == micros[2:]
+
+
+def test_watermark_micros_of_a_timestamp_matches_python_exactly(spark) -> None:
+    instant = datetime(2031, 7, 4, 23, 59, 59, 999_999, tzinfo=UTC)
+    df = spark.createDataFrame([(instant,)], T.StructType([T.StructField("w", T.TimestampType())]))
+
+    micros = df.select(watermark_micros("w", WatermarkKind.TIMESTAMP).alias("m")).first()["m"]
+
+    assert Watermark.from_micros(micros, WatermarkKind.TIMESTAMP).iso() == "2031-07-04T23:59:59.999999Z"
+
+
+def test_null_watermarks_are_kept_only_on_request(spark) -> None:
+    df = spark.createDataFrame([(None,), (at(5),)], T.StructType([T.StructField("w", T.TimestampType())]))
+    bound = Watermark.parse("2026-01-01T00:00:00Z")
+
+    kept = incremental_rows(df, "w", WatermarkKind.TIMESTAMP, bound, inclusive=True, keep_nulls=True)
+    dropped = incremental_rows(df, "w", WatermarkKind.TIMESTAMP, bound, inclusive=True, keep_nulls=False)
+
+    assert kept.count() == 2
+    assert dropped.count() == 1
