@@ -155,7 +155,8 @@ def _ingest(
 def read_source(spark: SparkSession, item: WorkItem) -> DataFrame:
     if item.format != "parquet":
         raise TableError(item.table, f"format {item.format!r} is not supported yet; only Parquet is read")
-    reader = spark.read
+    # Merge every file's schema: a column that only newer files carry must not be dropped.
+    reader = spark.read.option("mergeSchema", "true")
     if not item.partition_keys:
         # Landing zones nest files in date folders (2024/05/01/...) that are not key=value partitions.
         reader = reader.option("recursiveFileLookup", "true")
