@@ -108,12 +108,11 @@ def commit_run(
     outcomes += [TableOutcome(table=t, status="failed", message=m) for t, m in plan.failed.items()]
     outcomes += [TableOutcome(table=t, status="skipped", message=m) for t, m in plan.skipped.items()]
 
-    if current.run_id == plan.run_id:
-        logger.info("run %s is already committed at revision %d", plan.run_id, current.revision)
-        tables = current.tables
-        document = current
-        expired: list[str] = []
-    else:
+    retried = _already_committed(current, plan.run_id)
+    document, expired = current, []
+    if retried:
+        logger.info("run %s is already committed (state revision %d)", plan.run_id, current.revision)
+    elif manifests:
         if version != plan.state_version:
             raise CommitConflictError(
                 f"run {current.run_id!r} committed revision {current.revision} after run {plan.run_id!r} "
@@ -121,23 +120,19 @@ def commit_run(
                 competing_run_id=current.run_id,
             )
         tables = dict(current.tables)
-        expired = []
         for name, manifest in manifests.items():
             tables[name], dropped = _next_state(
                 current.tables.get(name), manifest, committed_at, retained_snapshots
             )
             expired += dropped
         document = current.with_tables(tables, plan.run_id, committed_at)
-        if manifests:
-            state_store.write(document, expected_version=version)
-            logger.info(
-                "run %s committed %d table(s) as revision %d", plan.run_id, len(manifests), document.revision
-            )
-        else:
-            document = current
+        state_store.write(document, expected_version=version)
+        logger.info(
+            "run %s committed %d table(s) as revision %d", plan.run_id, len(manifests), document.revision
+        )
 
     for name, manifest in manifests.items():
-        previous = current.tables.get(name) if current.run_id != plan.run_id else None
+        previous = None if retried else current.tables.get(name)
         outcomes.append(
             TableOutcome(
                 table=name,
@@ -166,15 +161,23 @@ def commit_run(
     )
 
 
+def _already_committed(current: StateDocument, run_id: str) -> bool:
+    """A retried commit: the run's own revision, or trackers a later run has not replaced yet."""
+    return current.run_id == run_id or any(table.run_id == run_id for table in current.tables.values())
+
+
 def _manifest_for(
     item: WorkItem, storage: Storage, failures: dict[str, str]
 ) -> tuple[Manifest | None, str | None]:
     if item.table in failures:
         return None, failures[item.table]
-    data = storage.read_json(item.manifest_location)
-    if data is None:
-        return None, f"no manifest at {item.manifest_location}: its ingest did not finish"
-    manifest = Manifest.from_json(data)
+    try:
+        data = storage.read_json(item.manifest_location)
+        if data is None:
+            return None, f"no manifest at {item.manifest_location}: its ingest did not finish"
+        manifest = Manifest.from_json(data)
+    except (ValueError, TypeError) as exc:
+        return None, f"manifest {item.manifest_location} is unreadable ({exc}); the table is not published"
     if (manifest.run_id, manifest.table) != (item.run_id, item.table) or manifest.status != SUCCEEDED:
         return None, (
             f"manifest {item.manifest_location} is for run {manifest.run_id!r} table {manifest.table!r} "
@@ -215,6 +218,6 @@ def _delete_unreferenced(storage: Storage, locations: list[str], document: State
     for location in dict.fromkeys(locations):
         if location in referenced:
             continue
-        storage.delete_tree(location)
-        deleted.append(location)
+        if storage.delete_tree(location):
+            deleted.append(location)
     return deleted

@@ -9,6 +9,7 @@ rename give that; on S3 a conditional ``PutObject`` does.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -152,17 +153,27 @@ class LocalStateStore:
             _atomic_write(self.path, payload, run_id)
             history = self.directory / HISTORY_DIR
             history.mkdir(exist_ok=True)
-            _atomic_write(history / f"{document.revision:010d}.json", payload, run_id)
+            # Create-only, named by revision and run: a state started over never overwrites history.
+            _atomic_write(
+                history / f"{document.revision:010d}-{run_id}.json", payload, run_id, create_only=True
+            )
         return str(document.revision)
 
 
-def _atomic_write(path: Path, payload: bytes, run_id: str) -> None:
+def _atomic_write(path: Path, payload: bytes, run_id: str, *, create_only: bool = False) -> None:
+    """Write a temporary file, flush it, then rename it into place (or link: refuses to replace)."""
     temporary = path.with_name(f".{path.name}.{run_id}.{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    if create_only:
+        try:
+            os.link(temporary, path)
+        finally:
+            temporary.unlink()
+    else:
+        os.replace(temporary, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
@@ -171,55 +182,53 @@ def _atomic_write(path: Path, payload: bytes, run_id: str) -> None:
 
 
 class _LockFile:
-    """An exclusive lock file naming its holder; a lock left by a dead local process is taken over."""
+    """An exclusive ``flock`` on the lock file, naming its holder while held.
+
+    The kernel releases the lock when its holder exits, crashed or not, so no lock is ever left
+    stale and none has to be guessed dead. The file itself stays; only its content names a holder.
+    """
 
     def __init__(self, path: Path, run_id: str, timeout_s: float) -> None:
         self.path = path
         self.run_id = run_id
         self.timeout_s = timeout_s
+        self.fd: int | None = None
 
     def __enter__(self) -> _LockFile:
         deadline = time.monotonic() + self.timeout_s
-        holder_text = json.dumps({"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()})
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if self._is_stale(holder):
-                    self.path.unlink(missing_ok=True)
-                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
                 if time.monotonic() >= deadline:
+                    holder = self._holder()
+                    os.close(fd)
                     raise CommitConflictError(
                         f"state lock {self.path} is held by run {holder.get('run_id')!r} (pid "
-                        f"{holder.get('pid')}): another commit is in progress; this run published "
-                        "nothing, start it again when that one has finished",
+                        f"{holder.get('pid')} on {holder.get('host')}): another commit is in progress; "
+                        "this run published nothing, start it again when that one has finished",
                         competing_run_id=holder.get("run_id"),
                     ) from None
-                time.sleep(0.05)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(holder_text)
-            return self
+                time.sleep(0.02)
+        holder_text = json.dumps({"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_text.encode(), 0)
+        self.fd = fd
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
     def _holder(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
-
-    @staticmethod
-    def _is_stale(holder: dict[str, Any]) -> bool:
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False

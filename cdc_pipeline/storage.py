@@ -20,8 +20,8 @@ class Storage(Protocol):
         """The document, or None when there is none at ``location``."""
         ...
 
-    def delete_tree(self, location: str) -> None:
-        """Remove everything at and below ``location``; a missing location is not an error."""
+    def delete_tree(self, location: str) -> bool:
+        """Remove everything at and below ``location``; False when there was nothing there."""
         ...
 
 
@@ -45,7 +45,9 @@ class LocalStorage:
             raise ValueError(f"{location} holds JSON that is not an object")
         return data
 
-    def delete_tree(self, location: str) -> None:
+    def delete_tree(self, location: str) -> bool:
         path = Path(location)
-        if path.exists():
-            shutil.rmtree(path)
+        if not path.exists():
+            return False
+        shutil.rmtree(path)
+        return True
