@@ -41,6 +41,7 @@ from .helpers import (
 pytestmark = pytest.mark.spark
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=UTC)
+TIE_KEYS = range(7, 13)
 
 # Keyed tables and how DuckDB must resolve them; mirrors the registry written below.
 KEYED = {
@@ -183,13 +184,15 @@ class Generator:
         self.boundary.setdefault(round_no, {})["customers"] = dict(new_key=new_key, stamp=previous_max)
         if round_no == 1:
             rows.append(self.customer(1, previous_max, "ACTIVE", name="boundary-update"))
-            # Same stamp, sequence decides: the higher seq is written first in the list on purpose.
-            tie = clock()
-            hi, lo = self._seq() + 1, self.seq
-            self.seq = hi
-            rows.append(self.customer(7, tie, "INACTIVE", name="seq-wins", seq=hi))
-            rows.append(self.customer(7, tie, "ACTIVE", name="seq-loses", seq=lo))
-        existing = sorted(self.customer_ids - {1, 7})
+            # Same stamp, sequence decides. Several keys, and the file is shuffled, so an
+            # implementation that ignores the sequence column cannot pass by a lucky pick.
+            for cid in TIE_KEYS:
+                tie = clock()
+                lo, hi = self._seq(), self._seq()
+                rows.append(self.customer(cid, tie, "INACTIVE", name="seq-wins", seq=hi))
+                rows.append(self.customer(cid, tie, "ACTIVE", name="seq-loses", seq=lo))
+        # Boundary and tie-break keys stay untouched afterwards so their checks have one answer.
+        existing = sorted(c for c in self.customer_ids - {1, *TIE_KEYS} if c < 1000)
         for cid in self.rng.sample(existing, 40):
             rows.append(self.customer(cid, clock(), self.rng.choice(["ACTIVE", "INACTIVE", None])))
         for cid in self.rng.sample(existing, 10):  # several versions in one new file
@@ -263,7 +266,7 @@ class Generator:
         boundary_key = f"B{round_no:04d}"
         rows.append(self.account("I", boundary_key, previous_max))
         self.boundary.setdefault(round_no, {})["accounts"] = dict(new_key=boundary_key, stamp=previous_max)
-        existing = sorted(self.account_ids)
+        existing = sorted(a for a in self.account_ids if not a.startswith("B"))
         rows += [self.account("U", a, clock()) for a in self.rng.sample(existing, 30)]
         rows += [self.account("D", a, clock()) for a in self.rng.sample(existing, 10)]
         # Re-insert after delete (newer stamp) is legal: a key comes back.
@@ -521,8 +524,9 @@ def test_row_stamped_exactly_at_previous_watermark_is_applied(scenario, table):
 def test_sequence_column_breaks_watermark_ties(scenario):
     rec1 = next(r for r in scenario.runs if r.label.startswith("incremental 1"))
     cols = rec1.source_columns["customers"]
-    rows = [r for r in rec1.actual["customers"] if r[cols.index("customer_id")] == 7]
-    assert [r[cols.index("name")] for r in rows] == ["seq-wins"], rows
+    i_id, i_name = cols.index("customer_id"), cols.index("name")
+    names = {r[i_id]: r[i_name] for r in rec1.actual["customers"] if r[i_id] in TIE_KEYS}
+    assert names == dict.fromkeys(TIE_KEYS, "seq-wins"), names
 
 
 def test_null_primary_key_row_is_quarantined_without_failing_the_run(scenario):
