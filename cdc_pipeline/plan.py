@@ -55,6 +55,9 @@ class Layout:
     def plan(self, run_id: str) -> str:
         return _join(self.run_dir(run_id), "plan.json")
 
+    def report(self, run_id: str) -> str:
+        return _join(self.run_dir(run_id), "report.json")
+
 
 def _join(*parts: str) -> str:
     return "/".join([parts[0].rstrip("/"), *(part.strip("/") for part in parts[1:])])

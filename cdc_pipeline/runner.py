@@ -96,9 +96,11 @@ def run_local(
         say(table, f"FAILED in plan: {error}")
 
     failures = _ingest_all(plan, settings, storage, spark, say) if plan.items else {}
-    return commit_run(
+    report = commit_run(
         plan, state_store, storage, failures=failures, retained_snapshots=settings.retained_snapshots
     )
+    storage.write_json(layout.report(plan.run_id), report.to_json())
+    return report
 
 
 def _ingest_all(

@@ -106,6 +106,10 @@ def test_one_unreadable_table_fails_alone_and_the_run_exits_1(lake, capsys) -> N
     status = lake.status(capsys)
     assert set(status) == {"people"}
     assert rows_at(status["people"]["location"]) == [(1, "ada")]
+    run_id = status["people"]["run_id"]
+    report = json.loads((lake.root / "state" / "runs" / run_id / "report.json").read_text())
+    statuses = {table["table"]: table["status"] for table in report["tables"]}
+    assert statuses == {"people": "succeeded", "broken": "failed"}
 
 
 def test_failed_table_keeps_its_previous_watermark_and_snapshot(lake, capsys) -> None:
