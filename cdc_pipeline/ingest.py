@@ -83,7 +83,10 @@ def _ingest(
         batch = incremental_rows(
             source, item.watermark_column, kind, since, inclusive=keyed, keep_nulls=keyed
         )
-    batch = batch.persist()
+    # The batch is read twice (stats, then merge). An incremental batch is small: cache it. A full
+    # load's batch is the whole table: scanning it twice is cheaper than caching it (benchmarks/).
+    if incremental:
+        batch = batch.persist()
     try:
         stats = _batch_stats(batch, item, kind)
         if stats.null_watermarks:
@@ -133,7 +136,8 @@ def _ingest(
         _check_pipeline_columns(item, result)
         result.write.mode("overwrite").parquet(item.output_location)
     finally:
-        batch.unpersist()
+        if incremental:
+            batch.unpersist()
 
     written = spark.read.parquet(item.output_location)
     return _manifest(

@@ -26,8 +26,10 @@ _ROW_NUMBER = "_cdc_row_number"
 
 
 class DedupStrategy(StrEnum):
-    AGGREGATE = "aggregate"  # max(struct(ordering..., row)) per key: one hash aggregation
-    WINDOW = "window"  # row_number() over (partition by key order by ordering desc): a sort per key
+    # Both plan as sort, shuffle, sort in Spark 3.5 and measure within noise of each other
+    # (benchmarks/README.md); AGGREGATE is the default as it needs no window frame per key.
+    AGGREGATE = "aggregate"  # max(struct(ordering..., row)) per key
+    WINDOW = "window"  # row_number() over (partition by key order by ordering desc) = 1
 
 
 def col(name: str) -> Column:
