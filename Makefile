@@ -21,11 +21,11 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check cdc_pipeline glue_jobs tests benchmarks
+	$(PY) -m ruff check cdc_pipeline tests benchmarks
 	$(PY) -m mypy
 
 bench: setup
-	$(PY) benchmarks/run_benchmarks.py
+	$(PY) -m benchmarks.run_benchmarks
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache
