@@ -8,7 +8,7 @@ part behind the same :class:`Catalog` protocol.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,8 @@ class CatalogTable:
     columns: tuple[Column, ...]
     partition_keys: tuple[str, ...] = ()
     has_data: bool = True
+    # Reader options a format needs (e.g. a CSV table's delimiter and header), as Spark names them.
+    options: dict[str, str] = field(default_factory=dict)
 
     def column_names(self) -> tuple[str, ...]:
         return tuple(column.name for column in self.columns) + self.partition_keys
@@ -97,9 +99,9 @@ class LocalCatalog:
         except pa.ArrowException as exc:
             raise TableError(name, f"its files disagree on column types: {exc}") from exc
         columns = tuple(
-            Column(field.name, _spark_type_name(field.type))
-            for field in schema
-            if field.name not in partition_keys
+            Column(arrow_field.name, _spark_type_name(arrow_field.type))
+            for arrow_field in schema
+            if arrow_field.name not in partition_keys
         )
         return CatalogTable(name, str(location.resolve()), "parquet", columns, partition_keys)
 

@@ -108,7 +108,7 @@ def _ingest(
                 after=after,
                 output=item.current_snapshot,
                 quarantine=None,
-                schema=snapshot.schema.simpleString(),
+                schema=schema_columns(snapshot),
                 rows_written=snapshot.count(),
             )
 
@@ -151,7 +151,7 @@ def _ingest(
         after=after,
         output=item.output_location,
         quarantine=quarantine,
-        schema=written.schema.simpleString(),
+        schema=schema_columns(written),
         rows_written=written.count(),
     )
 
@@ -281,7 +281,7 @@ def _manifest(
     after: Watermark | None,
     output: str,
     quarantine: str | None,
-    schema: str,
+    schema: list[dict[str, str]],
 ) -> Manifest:
     return Manifest(
         run_id=item.run_id,
@@ -303,6 +303,11 @@ def _manifest(
         duration_s=round(time.monotonic() - start, 3),
         warnings=warnings,
     )
+
+
+def schema_columns(df: DataFrame) -> list[dict[str, str]]:
+    """The snapshot's columns as the manifest and the output catalog carry them."""
+    return [{"name": field.name, "type": field.dataType.simpleString()} for field in df.schema.fields]
 
 
 def _first_line(exc: BaseException) -> str:

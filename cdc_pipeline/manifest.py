@@ -22,7 +22,7 @@ class Manifest:
     watermark_column: str | None
     watermark_before: str | None
     watermark_after: str | None
-    schema: str
+    schema: list[dict[str, str]]
     output_location: str
     quarantine_location: str | None
     started_at: str

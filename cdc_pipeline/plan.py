@@ -86,6 +86,7 @@ class WorkItem:
     output_location: str
     quarantine_location: str
     manifest_location: str
+    read_options: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -274,5 +275,6 @@ def _work_item(
         output_location=layout.snapshot(table.name, run_id),
         quarantine_location=layout.quarantine(table.name, run_id),
         manifest_location=layout.manifest(table.name, run_id),
+        read_options=dict(table.options),
         warnings=warnings,
     )

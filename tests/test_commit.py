@@ -126,7 +126,7 @@ def ingest_succeeded(env: Env, item: WorkItem, watermark_after: str | None, **ov
         watermark_column=item.watermark_column,
         watermark_before=item.last_watermark,
         watermark_after=watermark_after,
-        schema="id bigint, updated_at timestamp",
+        schema=[{"name": "id", "type": "bigint"}, {"name": "updated_at", "type": "timestamp"}],
         output_location=item.output_location,
         quarantine_location=None,
         started_at=COMMITTED_AT,
