@@ -56,6 +56,29 @@ class Catalog(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PublishedTable:
+    """A committed snapshot, as the output catalog (Glue, for Athena) should show it."""
+
+    name: str
+    location: str
+    columns: list[dict[str, str]]
+    run_id: str
+
+
+class OutputCatalog(Protocol):
+    """Points each output table at its newly committed snapshot."""
+
+    def publish(self, tables: list[PublishedTable]) -> None: ...
+
+
+class NoOutputCatalog:
+    """Local runs: the snapshot locations in the state document are the catalog."""
+
+    def publish(self, tables: list[PublishedTable]) -> None:
+        return None
+
+
 def _is_hidden(name: str) -> bool:
     # Spark and Hive skip these too: _SUCCESS markers, .crc checksums, _temporary folders.
     return name.startswith((".", "_"))

@@ -157,14 +157,28 @@ def _ingest(
 
 
 def read_source(spark: SparkSession, item: WorkItem) -> DataFrame:
-    if item.format != "parquet":
-        raise TableError(item.table, f"format {item.format!r} is not supported yet; only Parquet is read")
-    # Merge every file's schema: a column that only newer files carry must not be dropped.
-    reader = spark.read.option("mergeSchema", "true")
+    """The raw table: Parquet with its own schema; CSV and JSON with the catalog's columns as schema
+    (DMS writes header-less CSV, so only the catalog knows the column names)."""
+    if item.format not in READERS:
+        raise TableError(
+            item.table,
+            f"format {item.format!r} is not supported; the source must be Parquet, CSV or JSON",
+        )
+    reader = spark.read.options(**item.read_options)
+    if item.format == "parquet":
+        # Merge every file's schema: a column that only newer files carry must not be dropped.
+        reader = reader.option("mergeSchema", "true")
+    else:
+        if not item.columns:
+            raise TableError(item.table, f"the catalog gives no columns for this {item.format} table")
+        reader = reader.schema(", ".join(f"`{c['name']}` {c['type']}" for c in item.columns))
     if not item.partition_keys:
         # Landing zones nest files in date folders (2024/05/01/...) that are not key=value partitions.
         reader = reader.option("recursiveFileLookup", "true")
-    return reader.parquet(item.location)
+    return reader.format(item.format).load(item.location)
+
+
+READERS = frozenset({"parquet", "csv", "json"})
 
 
 def read_snapshot(spark: SparkSession, item: WorkItem) -> DataFrame | None:

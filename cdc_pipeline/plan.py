@@ -55,6 +55,9 @@ class Layout:
     def plan(self, run_id: str) -> str:
         return _join(self.run_dir(run_id), "plan.json")
 
+    def items(self, run_id: str) -> str:
+        return _join(self.run_dir(run_id), "items.json")
+
     def report(self, run_id: str) -> str:
         return _join(self.run_dir(run_id), "report.json")
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cdc_pipeline.catalog import LocalCatalog
-from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS, CommitReport, commit_run
+from cdc_pipeline.catalog import LocalCatalog, NoOutputCatalog
+from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS, CommitReport
 from cdc_pipeline.errors import ConfigurationError, TableError
 from cdc_pipeline.manifest import Manifest
-from cdc_pipeline.plan import Layout, LoadType, Plan, WorkItem, new_run_id, plan_run
-from cdc_pipeline.registry import LocalRegistrySource, load_registry
+from cdc_pipeline.plan import Layout, LoadType, Plan, WorkItem, new_run_id
+from cdc_pipeline.registry import LocalRegistrySource
+from cdc_pipeline.stages import commit_stage, plan_stage
 from cdc_pipeline.state import LocalStateStore
 from cdc_pipeline.storage import LocalStorage
 
@@ -76,31 +77,31 @@ def run_local(
     layout = Layout(output_path=str(settings.output.resolve()), cdc_path=str(settings.state.resolve()))
     storage = LocalStorage()
     state_store = LocalStateStore(settings.state)
-    registry = load_registry(LocalRegistrySource(settings.registry))
-    catalog = LocalCatalog(settings.source)
-    state, version = state_store.read()
-    plan = plan_run(
-        catalog=catalog,
-        registry=registry,
-        state=state,
-        state_version=version,
+    plan = plan_stage(
+        catalog=LocalCatalog(settings.source),
+        registry_source=LocalRegistrySource(settings.registry),
+        state_store=state_store,
+        storage=storage,
         layout=layout,
         run_id=settings.run_id,
         load_type=settings.load_type,
         tables=list(settings.tables) or None,
     )
-    storage.write_json(layout.plan(plan.run_id), plan.to_json())
     for table, reason in plan.skipped.items():
         say(table, f"skipped: {reason}")
     for table, error in plan.failed.items():
         say(table, f"FAILED in plan: {error}")
 
     failures = _ingest_all(plan, settings, storage, spark, say) if plan.items else {}
-    report = commit_run(
-        plan, state_store, storage, failures=failures, retained_snapshots=settings.retained_snapshots
+    return commit_stage(
+        plan=plan,
+        state_store=state_store,
+        storage=storage,
+        output_catalog=NoOutputCatalog(),
+        layout=layout,
+        failures=failures,
+        retained_snapshots=settings.retained_snapshots,
     )
-    storage.write_json(layout.report(plan.run_id), report.to_json())
-    return report
 
 
 def _ingest_all(

@@ -14,7 +14,9 @@ from typing import Any, Protocol
 
 
 class Storage(Protocol):
-    def write_json(self, location: str, data: dict[str, Any]) -> None: ...
+    def write_json(self, location: str, data: Any) -> None:
+        """Write any JSON value (an object, or an array such as a Map's item list)."""
+        ...
 
     def read_json(self, location: str) -> dict[str, Any] | None:
         """The document, or None when there is none at ``location``."""
@@ -28,7 +30,7 @@ class Storage(Protocol):
 class LocalStorage:
     """Storage on the local file system; writes are atomic (write, then rename)."""
 
-    def write_json(self, location: str, data: dict[str, Any]) -> None:
+    def write_json(self, location: str, data: Any) -> None:
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,0 +1,59 @@
+"""The Glue job's body: read the arguments Glue passes, build the session, ingest one work item.
+
+``glue_jobs/ingest_table.py`` only calls :func:`run_job`; nothing of the semantics lives there.
+Glue adds arguments of its own (``--JOB_ID``, ``--JOB_RUN_ID``, ``--job-bookmark-option``...),
+which are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from cdc_pipeline.errors import ConfigurationError
+from cdc_pipeline.ingest import ingest_table
+from cdc_pipeline.manifest import Manifest
+from cdc_pipeline.plan import WorkItem
+from cdc_pipeline.spark import configure
+from cdc_pipeline.storage import LocalStorage, Storage
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+
+
+def parse_work_item(argv: Sequence[str]) -> WorkItem:
+    parser = argparse.ArgumentParser(prog="ingest_table", add_help=False)
+    parser.add_argument("--work_item", required=True, help="the work item as JSON (States.JsonToString)")
+    args, _glue_arguments = parser.parse_known_args(list(argv))
+    try:
+        return WorkItem.from_json(json.loads(args.work_item))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ConfigurationError(
+            f"--work_item is not a work item as the Plan Lambda writes it ({exc}); start the job from "
+            "the state machine, or pass one object of the plan's items.json"
+        ) from exc
+
+
+def storage_for(location: str) -> Storage:
+    if location.startswith("s3://"):
+        from cdc_pipeline.aws.s3 import S3Storage
+
+        return S3Storage()
+    return LocalStorage()
+
+
+def run_job(argv: Sequence[str], spark: SparkSession | None = None) -> Manifest:
+    """Ingest the work item named by the job arguments; raise (failing the job run) on any error."""
+    item = parse_work_item(argv)
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.builder.getOrCreate()
+    configure(spark)
+    logger.info("run %s: ingesting table %s (%s)", item.run_id, item.table, item.load_type)
+    return ingest_table(spark, item, storage_for(item.manifest_location))

@@ -1,0 +1,85 @@
+"""The plan and commit stages with their I/O: what the local runner and the Lambdas both call.
+
+``plan_run`` and ``commit_run`` decide; these functions add the reads and writes around them
+(registry, state, plan and item files, report, output catalog) through the ports they are given,
+so the local runner and the Plan and Commit Lambdas run the same code on different adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cdc_pipeline.catalog import Catalog, OutputCatalog, PublishedTable
+from cdc_pipeline.commit import CommitReport, commit_run
+from cdc_pipeline.manifest import Manifest
+from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
+from cdc_pipeline.registry import RegistrySource, load_registry
+from cdc_pipeline.state import StateStore
+from cdc_pipeline.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+def plan_stage(
+    *,
+    catalog: Catalog,
+    registry_source: RegistrySource,
+    state_store: StateStore,
+    storage: Storage,
+    layout: Layout,
+    run_id: str,
+    load_type: LoadType | None = None,
+    tables: list[str] | None = None,
+) -> Plan:
+    """Plan a run and write its plan and its item list (the Distributed Map's input)."""
+    registry = load_registry(registry_source)
+    state, version = state_store.read()
+    plan = plan_run(
+        catalog=catalog,
+        registry=registry,
+        state=state,
+        state_version=version,
+        layout=layout,
+        run_id=run_id,
+        load_type=load_type,
+        tables=tables,
+    )
+    storage.write_json(layout.plan(run_id), plan.to_json())
+    storage.write_json(layout.items(run_id), [item.to_json() for item in plan.items])
+    return plan
+
+
+def load_plan(storage: Storage, layout: Layout, run_id: str) -> Plan:
+    data = storage.read_json(layout.plan(run_id))
+    if data is None:
+        raise FileNotFoundError(f"no plan at {layout.plan(run_id)} for run {run_id}")
+    return Plan.from_json(data)
+
+
+def commit_stage(
+    *,
+    plan: Plan,
+    state_store: StateStore,
+    storage: Storage,
+    output_catalog: OutputCatalog,
+    layout: Layout,
+    failures: dict[str, str],
+    retained_snapshots: int,
+) -> CommitReport:
+    """Commit the run, point the output catalog at the new snapshots, write the report.
+
+    The state document is the commit; the output catalog follows it. If updating the catalog
+    fails, the error is raised after the state is committed: a retry finds the run committed and
+    publishes again (the previous snapshot is retained meanwhile, so queries keep working).
+    """
+    report = commit_run(plan, state_store, storage, failures=failures, retained_snapshots=retained_snapshots)
+    storage.write_json(layout.report(plan.run_id), report.to_json())
+    published = []
+    items = {item.table: item for item in plan.items}
+    for outcome in report.outcomes:
+        if outcome.status != "succeeded" or outcome.location is None:
+            continue
+        manifest = Manifest.from_json(storage.read_json(items[outcome.table].manifest_location) or {})
+        published.append(PublishedTable(outcome.table, outcome.location, manifest.schema, plan.run_id))
+    output_catalog.publish(published)
+    return report
