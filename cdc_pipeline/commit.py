@@ -175,6 +175,8 @@ def _manifest_for(
         data = storage.read_json(item.manifest_location)
         if data is None:
             return None, f"no manifest at {item.manifest_location}: its ingest did not finish"
+        if not isinstance(data, dict):
+            raise ValueError("it holds JSON that is not an object")
         manifest = Manifest.from_json(data)
     except (ValueError, TypeError) as exc:
         return None, f"manifest {item.manifest_location} is unreadable ({exc}); the table is not published"

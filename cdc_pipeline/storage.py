@@ -18,8 +18,8 @@ class Storage(Protocol):
         """Write any JSON value (an object, or an array such as a Map's item list)."""
         ...
 
-    def read_json(self, location: str) -> dict[str, Any] | None:
-        """The document, or None when there is none at ``location``."""
+    def read_json(self, location: str) -> Any:
+        """The JSON value at ``location``, or None when there is none."""
         ...
 
     def delete_tree(self, location: str) -> bool:
@@ -37,15 +37,15 @@ class LocalStorage:
         temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
         os.replace(temporary, path)
 
-    def read_json(self, location: str) -> dict[str, Any] | None:
+    def read_json(self, location: str) -> Any:
         try:
             text = Path(location).read_text()
         except FileNotFoundError:
             return None
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{location} holds JSON that is not an object")
-        return data
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{location} is not valid JSON: {exc}") from exc
 
     def delete_tree(self, location: str) -> bool:
         path = Path(location)

@@ -1,0 +1,148 @@
+"""The state machine's Lambda tasks: plan a run for the Distributed Map, commit it from its results.
+
+Each takes the Lambda event and the ports, and returns the JSON the state machine passes on; the
+handlers in ``lambdas/`` only build the ports. Event and result shapes are documented in
+docs/aws.md and fixed by ``state_machine/cdc_pipeline.asl.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from cdc_pipeline.catalog import Catalog, OutputCatalog
+from cdc_pipeline.errors import ConfigurationError
+from cdc_pipeline.plan import Layout, LoadType, new_run_id
+from cdc_pipeline.registry import RegistrySource
+from cdc_pipeline.settings import CommitSettings, PlanSettings
+from cdc_pipeline.stages import commit_stage, load_plan, plan_stage
+from cdc_pipeline.state import StateStore
+from cdc_pipeline.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ConfigurationError(f"{uri!r} is not an s3://bucket/key URI")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def plan_task(
+    event: dict[str, Any],
+    settings: PlanSettings,
+    *,
+    catalog: Catalog,
+    registry_source: RegistrySource,
+    state_store: StateStore,
+    storage: Storage,
+) -> dict[str, Any]:
+    """Plan a run; the Map reads its items from S3, never from this (bounded) payload."""
+    requested = event.get("load_type")
+    if requested not in (None, *(t.value for t in LoadType)):
+        raise ConfigurationError(f"load_type {requested!r} must be 'full' or 'incremental'")
+    tables = event.get("tables")
+    if tables is not None and not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
+        raise ConfigurationError(f"tables must be a list of table names, got {tables!r}")
+    layout = Layout(output_path=settings.output_path, cdc_path=settings.cdc_path)
+    plan = plan_stage(
+        catalog=catalog,
+        registry_source=registry_source,
+        state_store=state_store,
+        storage=storage,
+        layout=layout,
+        run_id=new_run_id(),
+        load_type=LoadType(requested) if requested else None,
+        tables=tables or None,
+    )
+    items_bucket, items_key = split_s3_uri(layout.items(plan.run_id))
+    logger.info(
+        "run %s planned: %d table(s) to ingest, %d failed in plan, %d skipped",
+        plan.run_id,
+        len(plan.items),
+        len(plan.failed),
+        len(plan.skipped),
+    )
+    return {
+        "run_id": plan.run_id,
+        "items_bucket": items_bucket,
+        "items_key": items_key,
+        "item_count": len(plan.items),
+        "plan_location": layout.plan(plan.run_id),
+    }
+
+
+def map_failures(map_result: dict[str, Any], storage: Storage) -> dict[str, str]:
+    """The error of every table whose child execution failed or was caught, from the Map's results.
+
+    The Distributed Map's ResultWriter leaves a manifest listing result files; each holds the
+    child executions with their input and output. A table missing here is still failed by the
+    commit when it has no manifest, so this only adds the reason.
+    """
+    details = map_result.get("ResultWriterDetails")
+    if not details:
+        return {}
+    manifest = storage.read_json(f"s3://{details['Bucket']}/{details['Key']}")
+    if not isinstance(manifest, dict):
+        raise ValueError(f"the Map's result manifest s3://{details['Bucket']}/{details['Key']} is missing")
+    failures: dict[str, str] = {}
+    for group in ("FAILED", "SUCCEEDED"):
+        for result_file in manifest.get("ResultFiles", {}).get(group, []):
+            for child in storage.read_json(f"s3://{details['Bucket']}/{result_file['Key']}") or []:
+                table, reason = _child_failure(child)
+                if table is not None and reason is not None:
+                    failures[table] = reason
+    return failures
+
+
+def _child_failure(child: dict[str, Any]) -> tuple[str | None, str | None]:
+    output = json.loads(child["Output"]) if child.get("Output") else {}
+    if output.get("status") == "FAILED":
+        error = output.get("error") or {}
+        return output.get("table"), f"{error.get('Error', 'error')}: {error.get('Cause', '')}".strip()
+    if child.get("Status") != "SUCCEEDED":
+        table = json.loads(child.get("Input") or "{}").get("table")
+        return table, f"{child.get('Error', child.get('Status'))}: {child.get('Cause', '')}".strip()
+    return None, None
+
+
+def commit_task(
+    event: dict[str, Any],
+    settings: CommitSettings,
+    *,
+    state_store: StateStore,
+    storage: Storage,
+    output_catalog: OutputCatalog,
+) -> dict[str, Any]:
+    """Commit the run the event names; raise CommitConflictError when another run came first."""
+    layout = Layout(output_path=settings.output_path, cdc_path=settings.cdc_path)
+    plan = load_plan(storage, layout, event["plan"]["run_id"])
+    failures = map_failures(event.get("map_result") or {}, storage)
+    report = commit_stage(
+        plan=plan,
+        state_store=state_store,
+        storage=storage,
+        output_catalog=output_catalog,
+        layout=layout,
+        failures=failures,
+        retained_snapshots=settings.retained_snapshots,
+    )
+    succeeded = [o for o in report.outcomes if o.status == "succeeded"]
+    for outcome in report.failed:
+        logger.error("table %s failed: %s", outcome.table, outcome.message)
+    return {
+        "run_id": report.run_id,
+        "revision": report.revision,
+        "succeeded_count": len(succeeded),
+        "failed_count": len(report.failed),
+        "failed_tables": [o.table for o in report.failed],
+        "rows_read": sum(o.rows_read or 0 for o in succeeded),
+        "rows_written": sum(o.rows_written or 0 for o in succeeded),
+        "report_location": layout.report(report.run_id),
+        "run_duration_s": round(
+            (datetime.now(UTC) - datetime.fromisoformat(plan.created_at)).total_seconds(), 1
+        ),
+    }

@@ -1,0 +1,41 @@
+"""Commit Lambda: publish every table the run ingested in one atomic write of the state."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdc_pipeline.aws.glue import GlueOutputCatalog
+from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
+from cdc_pipeline.settings import CommitSettings
+from cdc_pipeline.tasks import commit_task
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+settings = CommitSettings.from_env(os.environ)
+s3 = boto3.client("s3")
+glue = boto3.client("glue")
+
+
+@logger.inject_lambda_context(log_event=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    result = commit_task(
+        event,
+        settings,
+        state_store=S3StateStore(settings.cdc_path, client=s3),
+        storage=S3Storage(client=s3),
+        output_catalog=GlueOutputCatalog(settings.output_database, client=glue),
+    )
+    metrics.add_metric(name="TablesSucceeded", unit="Count", value=result["succeeded_count"])
+    metrics.add_metric(name="TablesFailed", unit="Count", value=result["failed_count"])
+    metrics.add_metric(name="RowsRead", unit="Count", value=result["rows_read"])
+    metrics.add_metric(name="RowsWritten", unit="Count", value=result["rows_written"])
+    metrics.add_metric(name="RunDurationSeconds", unit="Seconds", value=result["run_duration_s"])
+    return result

@@ -1,0 +1,41 @@
+"""Plan Lambda: list the source tables and write the run's work items for the Distributed Map."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdc_pipeline.aws.glue import GlueCatalog
+from cdc_pipeline.aws.s3 import S3RegistrySource, S3StateStore, S3Storage
+from cdc_pipeline.settings import PlanSettings
+from cdc_pipeline.tasks import plan_task
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+settings = PlanSettings.from_env(os.environ)
+s3 = boto3.client("s3")
+glue = boto3.client("glue")
+
+
+@logger.inject_lambda_context(log_event=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    catalog = GlueCatalog(
+        settings.source_database, client=glue, include=settings.table_include, exclude=settings.table_exclude
+    )
+    result = plan_task(
+        event,
+        settings,
+        catalog=catalog,
+        registry_source=S3RegistrySource(settings.registry_prefix, client=s3),
+        state_store=S3StateStore(settings.cdc_path, client=s3),
+        storage=S3Storage(client=s3),
+    )
+    metrics.add_metric(name="TablesPlanned", unit="Count", value=result["item_count"])
+    return result
