@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    start = commands.add_parser(
+        "start", help="start a run of the deployed state machine on AWS and follow it table by table"
+    )
+    start.add_argument("--state-machine-arn", required=True, help="the StateMachineArn stack output")
+    start.add_argument("--load-type", choices=[t.value for t in LoadType], default="incremental")
+    start.add_argument("--tables", help="comma-separated table names (default: every table)")
+    start.add_argument("--no-follow", action="store_true", help="print the execution ARN and return")
+    start.add_argument("--poll-seconds", type=float, default=10.0)
+
     status = commands.add_parser("status", help="show every table's committed tracker")
     status.add_argument("--state", required=True, type=Path)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -58,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "start":
+            return _start(args)
         return _status(args)
     except CommitConflictError as exc:
         print(f"commit refused: {exc}", file=sys.stderr)
@@ -91,6 +102,31 @@ def _run(args: argparse.Namespace) -> int:
         print()
         print(render_report(report))
     return EXIT_TABLE_FAILED if report.failed else EXIT_OK
+
+
+def _start(args: argparse.Namespace, sfn: object | None = None) -> int:
+    import boto3
+
+    from cdc_pipeline.aws.executions import follow_run, start_run
+
+    client = sfn or boto3.client("stepfunctions")
+    tables = [name.strip() for name in (args.tables or "").split(",") if name.strip()]
+    execution_arn = start_run(client, args.state_machine_arn, args.load_type, tables or None)
+    print(f"started {execution_arn}", flush=True)
+    if args.no_follow:
+        return EXIT_OK
+    execution = follow_run(
+        client,
+        execution_arn,
+        lambda table, message: print(f"[{table}] {message}", flush=True),
+        args.poll_seconds,
+    )
+    print(f"execution {execution['status']}")
+    if execution.get("output"):
+        print(json.dumps(json.loads(execution["output"]).get("commit", {}), indent=2))
+    if execution.get("error"):
+        print(f"{execution['error']}: {execution.get('cause', '')}", file=sys.stderr)
+    return EXIT_OK if execution["status"] == "SUCCEEDED" else EXIT_TABLE_FAILED
 
 
 def _status(args: argparse.Namespace) -> int:

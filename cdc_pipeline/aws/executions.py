@@ -1,0 +1,61 @@
+"""Start a run of the deployed state machine and follow it table by table in the terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
+Say = Callable[[str, str], None]
+
+
+def start_run(
+    sfn: Any, state_machine_arn: str, load_type: str | None = None, tables: list[str] | None = None
+) -> str:
+    """Start one execution with the input the schedule would give it; returns its ARN."""
+    run_input: dict[str, Any] = {"load_type": load_type or "incremental"}
+    if tables:
+        run_input["tables"] = tables
+    response = sfn.start_execution(stateMachineArn=state_machine_arn, input=json.dumps(run_input))
+    return str(response["executionArn"])
+
+
+def follow_run(
+    sfn: Any,
+    execution_arn: str,
+    say: Say,
+    poll_seconds: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Report each table as its Glue run ends; return the final ``describe_execution``."""
+    reported: set[str] = set()
+    while True:
+        execution = sfn.describe_execution(executionArn=execution_arn)
+        for map_run in sfn.list_map_runs(executionArn=execution_arn).get("mapRuns", []):
+            _report_children(sfn, map_run["mapRunArn"], reported, say)
+        if execution["status"] != "RUNNING":
+            return dict(execution)
+        sleep(poll_seconds)
+
+
+def _report_children(sfn: Any, map_run_arn: str, reported: set[str], say: Say) -> None:
+    paginator = sfn.get_paginator("list_executions")
+    for status in TERMINAL:
+        for page in paginator.paginate(mapRunArn=map_run_arn, statusFilter=status):
+            for child in page["executions"]:
+                if child["executionArn"] in reported:
+                    continue
+                reported.add(child["executionArn"])
+                detail = sfn.describe_execution(executionArn=child["executionArn"])
+                table = json.loads(detail.get("input") or "{}").get("table", child["name"])
+                output = json.loads(detail.get("output") or "{}")
+                if status == "SUCCEEDED" and output.get("status") != "FAILED":
+                    say(table, "ingested")
+                else:
+                    error = output.get("error") or {
+                        "Error": detail.get("error", status),
+                        "Cause": detail.get("cause", ""),
+                    }
+                    say(table, f"FAILED: {error.get('Error', status)} {error.get('Cause', '')}".rstrip())
