@@ -7,6 +7,7 @@ part behind the same :class:`Catalog` protocol.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,13 @@ class LocalCatalog:
             schema = pa.unify_schemas(schemas)
         except pa.ArrowException as exc:
             raise TableError(name, f"its files disagree on column types: {exc}") from exc
+        for arrow_field in schema:
+            if pa.types.is_timestamp(arrow_field.type) and arrow_field.type.unit == "ns":
+                raise TableError(
+                    name,
+                    f"column {arrow_field.name!r} holds nanosecond timestamps, which Spark 3.5 (and Glue) "
+                    "cannot read; write the files with microseconds (pyarrow: coerce_timestamps='us')",
+                )
         columns = tuple(
             Column(arrow_field.name, _spark_type_name(arrow_field.type))
             for arrow_field in schema
@@ -130,11 +138,17 @@ class LocalCatalog:
 
     @staticmethod
     def data_files(location: Path) -> list[Path]:
-        return sorted(
-            path
-            for path in location.rglob("*")
-            if path.is_file() and not any(_is_hidden(part) for part in path.relative_to(location).parts)
-        )
+        def unreadable(error: OSError) -> None:
+            raise TableError(
+                location.name,
+                f"folder {error.filename} cannot be read ({error.strerror}); fix its permissions",
+            )
+
+        files = []
+        for folder, subfolders, names in os.walk(location, onerror=unreadable):
+            subfolders[:] = [name for name in subfolders if not _is_hidden(name)]
+            files += [Path(folder) / name for name in names if not _is_hidden(name)]
+        return sorted(files)
 
 
 def _partition_keys(table: str, location: Path, files: list[Path]) -> tuple[str, ...]:

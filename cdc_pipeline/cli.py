@@ -14,10 +14,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS
 from cdc_pipeline.errors import CommitConflictError, ConfigurationError
 from cdc_pipeline.plan import LoadType
 from cdc_pipeline.report import render_report, render_status
-from cdc_pipeline.runner import RunSettings, run_local
+from cdc_pipeline.runner import DEFAULT_PARALLELISM, RunSettings, run_local
 from cdc_pipeline.state import LocalStateStore
 
 EXIT_OK, EXIT_TABLE_FAILED, EXIT_USAGE = 0, 1, 2
@@ -37,12 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--registry", required=True, type=Path, help="directory of table-settings CSV files")
     run.add_argument("--load-type", choices=[t.value for t in LoadType], help="force a load type")
     run.add_argument("--tables", help="comma-separated table names (default: every table)")
-    run.add_argument("--parallelism", type=int, default=2, help="tables ingested at once (default 2)")
+    run.add_argument(
+        "--parallelism",
+        type=int,
+        default=DEFAULT_PARALLELISM,
+        help="tables ingested at once (default %(default)s)",
+    )
     run.add_argument(
         "--retain-snapshots",
         type=int,
-        default=2,
-        help="snapshots kept per table, current included (default 2)",
+        default=DEFAULT_RETAINED_SNAPSHOTS,
+        help="snapshots kept per table, current included (default %(default)s)",
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -130,6 +136,10 @@ def _start(args: argparse.Namespace, sfn: object | None = None) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if not args.state.is_dir():
+        raise ConfigurationError(
+            f"state directory {args.state} does not exist; pass the --state of your runs"
+        )
     document, _ = LocalStateStore(args.state).read()
     if args.json:
         payload = {
@@ -145,11 +155,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # Warnings reach the user through the report; keep the terminal for progress and errors.
-    logging.getLogger("cdc_pipeline").setLevel(logging.ERROR)
+    # The terminal gets progress, the report and errors; every warning of a run goes to the run's
+    # run.log (see runner.py) and into its report.
+    if not any(getattr(h, "_cdc_pipeline", False) for h in logging.getLogger().handlers):
+        terminal = logging.StreamHandler(sys.stderr)
+        terminal.setLevel(logging.ERROR)
+        terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        terminal._cdc_pipeline = True  # type: ignore[attr-defined]
+        logging.getLogger().addHandler(terminal)
     logging.getLogger("py4j").setLevel(logging.ERROR)
 
 

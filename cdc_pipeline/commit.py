@@ -114,6 +114,7 @@ def commit_run(
         logger.info("run %s is already committed (state revision %d)", plan.run_id, current.revision)
     elif manifests:
         if version != plan.state_version:
+            _discard_outputs(storage, plan, state_store)
             raise CommitConflictError(
                 f"run {current.run_id!r} committed revision {current.revision} after run {plan.run_id!r} "
                 "planned; this run published nothing, start it again",
@@ -126,7 +127,11 @@ def commit_run(
             )
             expired += dropped
         document = current.with_tables(tables, plan.run_id, committed_at)
-        state_store.write(document, expected_version=version)
+        try:
+            state_store.write(document, expected_version=version)
+        except CommitConflictError:
+            _discard_outputs(storage, plan, state_store)
+            raise
         logger.info(
             "run %s committed %d table(s) as revision %d", plan.run_id, len(manifests), document.revision
         )
@@ -159,6 +164,12 @@ def commit_run(
         warnings=plan.warnings,
         deleted_locations=deleted,
     )
+
+
+def _discard_outputs(storage: Storage, plan: Plan, state_store: StateStore) -> None:
+    """A refused run's snapshots will never be published: remove them (never one the state names)."""
+    current, _ = state_store.read()
+    _delete_unreferenced(storage, [item.output_location for item in plan.items], current)
 
 
 def _already_committed(current: StateDocument, run_id: str) -> bool:
@@ -207,6 +218,10 @@ def _next_state(
         mode=manifest.mode,
         watermark_column=manifest.watermark_column,
         previous_locations=tuple(history[:keep]),
+        primary_key=tuple(manifest.primary_key),
+        sequence_column=manifest.sequence_column,
+        delete_column=manifest.delete_column,
+        delete_values=tuple(manifest.delete_values),
     )
     return state, history[keep:]
 

@@ -80,20 +80,23 @@ def _ingest(
         # idempotent, and a row stamped with the boundary that landed after the last run is not
         # missed. Appends cannot absorb a re-read row, so they read strictly newer rows only.
         since = before.as_kind(kind).minus(item.lookback_micros) if keyed else before.as_kind(kind)
-        batch = incremental_rows(
-            source, item.watermark_column, kind, since, inclusive=keyed, keep_nulls=keyed
-        )
+        batch = incremental_rows(source, item.watermark_column, kind, since, inclusive=keyed)
     # The batch is read twice (stats, then merge). An incremental batch is small: cache it. A full
     # load's batch is the whole table: scanning it twice is cheaper than caching it (benchmarks/).
     if incremental:
         batch = batch.persist()
     try:
         stats = _batch_stats(batch, item, kind)
-        if stats.null_watermarks:
-            warnings.append(_null_watermark_warning(item, stats.null_watermarks, keyed, incremental))
+        null_watermarks = stats.null_watermarks
+        if incremental and item.watermark_column:
+            # Not in the batch (they cannot be placed after a watermark): counted on the source,
+            # where Parquet null counts let Spark skip every row group without one.
+            null_watermarks = source.filter(col(item.watermark_column).isNull()).count()
+        if null_watermarks:
+            warnings.append(_null_watermark_warning(item, null_watermarks, incremental))
         after = _new_watermark(before, stats.max_watermark, kind)
         snapshot = read_snapshot(spark, item) if incremental else None
-        counts = {"rows_read": stats.rows, "null_watermarks": stats.null_watermarks}
+        counts = {"rows_read": stats.rows, "null_watermarks": null_watermarks}
 
         if snapshot is not None and item.current_snapshot and stats.rows == 0:
             # Nothing new: the snapshot stays where it is, no rewrite.
@@ -257,18 +260,14 @@ def _new_watermark(
     return before if seen is None or seen < before else seen
 
 
-def _null_watermark_warning(item: WorkItem, count: int, keyed: bool, incremental: bool) -> str:
-    if keyed:
-        return (
-            f"{count} row(s) with a null {item.watermark_column!r} read: they are kept, ordered before "
-            "every stamped version of their key, and re-read by every incremental run"
-        )
+def _null_watermark_warning(item: WorkItem, count: int, incremental: bool) -> str:
     if incremental:
         return (
-            f"{count} row(s) with a null {item.watermark_column!r} cannot be placed after the watermark "
-            "and are not appended; a full load (--load-type full) includes them"
+            f"{count} row(s) of the table have a null {item.watermark_column!r}: incremental runs do not "
+            "read them (they cannot be placed after a watermark); a full load (--load-type full) does"
         )
-    return f"{count} row(s) with a null {item.watermark_column!r} loaded"
+    ordering = "ordered before every stamped version of their key" if item.mode == Mode.DEDUP else "appended"
+    return f"{count} row(s) with a null {item.watermark_column!r} loaded, {ordering}"
 
 
 def _check_pipeline_columns(item: WorkItem, result: DataFrame) -> None:
@@ -316,6 +315,10 @@ def _manifest(
         started_at=started_at.isoformat(timespec="seconds"),
         duration_s=round(time.monotonic() - start, 3),
         warnings=warnings,
+        primary_key=item.primary_key,
+        sequence_column=item.sequence_column,
+        delete_column=item.delete_column,
+        delete_values=item.delete_values,
     )
 
 
@@ -325,5 +328,6 @@ def schema_columns(df: DataFrame) -> list[dict[str, str]]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The message a person needs: for a Java error, the Java exception, not py4j's call site."""
+    text = str(exc.java_exception.toString()) if isinstance(exc, Py4JJavaError) else str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -28,6 +28,11 @@ class Manifest:
     started_at: str
     duration_s: float
     warnings: list[str] = field(default_factory=list)
+    # The dedup settings the snapshot was built with; a later change forces a full load.
+    primary_key: list[str] = field(default_factory=list)
+    sequence_column: str | None = None
+    delete_column: str | None = None
+    delete_values: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

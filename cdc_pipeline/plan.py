@@ -17,10 +17,11 @@ from cdc_pipeline.catalog import Catalog, CatalogTable
 from cdc_pipeline.errors import ConfigurationError, TableError
 from cdc_pipeline.registry import Registry, TableSettings
 from cdc_pipeline.state import StateDocument
+from cdc_pipeline.watermark import WatermarkKind
 
 logger = logging.getLogger(__name__)
 
-WATERMARK_TYPES = frozenset({"timestamp", "timestamp_ntz", "date"})
+WATERMARK_TYPES = frozenset(kind.value for kind in WatermarkKind)
 
 
 class LoadType(StrEnum):
@@ -223,6 +224,13 @@ def _work_item(
             )
 
     watermark_column: str | None = settings.watermark_column
+    if watermark_column in table.partition_keys:
+        raise TableError(
+            table.name,
+            f"watermark column {watermark_column!r} is a partition folder key, not a column inside the "
+            "files, so it cannot order versions to the microsecond; name a timestamp column inside the "
+            "files as watermark_column in the registry",
+        )
     if watermark_column not in columns:
         warnings.append(
             f"no watermark column {watermark_column!r}: the table is fully reloaded every run and "
@@ -236,12 +244,31 @@ def _work_item(
             f"{', '.join(sorted(WATERMARK_TYPES))}. Name another column as watermark_column in the "
             "registry, or cast this one in the source",
         )
-    if settings.delete_column and not settings.primary_key:
+    if not settings.primary_key:
+        ignored = {
+            "delete_column": "there is no row for a delete to remove",
+            "sequence_column": "no versions of a key are compared",
+            "lookback": "appends read strictly newer rows only",
+        }
+        for name, reason in ignored.items():
+            if getattr(settings, name):
+                warnings.append(
+                    f"{name} {getattr(settings, name)!r} is ignored without a primary key: {reason}"
+                )
+    elif watermark_column is None and not settings.sequence_column:
         warnings.append(
-            f"delete_column {settings.delete_column!r} is ignored: without a primary key there is no "
-            "row for a delete to remove"
+            "keyed, but with neither a watermark nor a sequence column: when a key has several versions, "
+            "the one kept is chosen by content, not recency; set sequence_column in the registry"
         )
 
+    mode = Mode.DEDUP if settings.primary_key else Mode.APPEND
+    dedup_settings = (
+        mode.value,
+        settings.primary_key,
+        settings.sequence_column,
+        settings.delete_column,
+        settings.delete_values,
+    )
     tracker = state.tables.get(table.name)
     if requested is LoadType.FULL or watermark_column is None:
         load_type = LoadType.FULL
@@ -254,6 +281,13 @@ def _work_item(
             f"tracker has no watermark on column {watermark_column!r} (was "
             f"{tracker.watermark_column!r}): full load"
         )
+    elif tracker.dedup_settings() != dedup_settings:
+        load_type = LoadType.FULL
+        warnings.append(
+            "registry changed how rows are keyed, ordered or deleted since the last commit "
+            f"(was key {list(tracker.primary_key)}, sequence {tracker.sequence_column!r}, delete column "
+            f"{tracker.delete_column!r}): full load to rebuild the snapshot"
+        )
     else:
         load_type = LoadType.INCREMENTAL
 
@@ -265,7 +299,7 @@ def _work_item(
         format=table.format,
         columns=[column.to_json() for column in table.columns],
         partition_keys=list(table.partition_keys),
-        mode=(Mode.DEDUP if settings.primary_key else Mode.APPEND).value,
+        mode=mode.value,
         load_type=load_type.value,
         primary_key=list(settings.primary_key),
         watermark_column=watermark_column,

@@ -7,8 +7,9 @@ Commit Lambda call on AWS; only the adapters (local directories) differ.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_PARALLELISM = 2  # tables ingested at once on one SparkSession
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -39,7 +42,7 @@ class RunSettings:
     registry: Path
     load_type: LoadType | None = None
     tables: tuple[str, ...] = ()
-    parallelism: int = 2
+    parallelism: int = DEFAULT_PARALLELISM
     retained_snapshots: int = DEFAULT_RETAINED_SNAPSHOTS
     run_id: str = field(default_factory=new_run_id)
 
@@ -73,8 +76,30 @@ def run_local(
     progress: Progress | None = None,
 ) -> CommitReport:
     """Plan, ingest and commit one run on local directories; returns the run report."""
-    say = progress or (lambda table, message: None)
     layout = Layout(output_path=str(settings.output.resolve()), cdc_path=str(settings.state.resolve()))
+    with _run_log(Path(layout.run_dir(settings.run_id)) / "run.log"):
+        return _run(settings, layout, spark, progress or (lambda table, message: None))
+
+
+@contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """Everything the pipeline logs during the run, warnings included, kept beside its report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    package = logging.getLogger("cdc_pipeline")
+    previous_level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(previous_level)
+        handler.close()
+
+
+def _run(settings: RunSettings, layout: Layout, spark: SparkSession | None, say: Progress) -> CommitReport:
     storage = LocalStorage()
     state_store = LocalStateStore(settings.state)
     plan = plan_stage(
@@ -110,7 +135,7 @@ def _ingest_all(
     from cdc_pipeline.ingest import ingest_table
     from cdc_pipeline.spark import local_session
 
-    session = spark or local_session(settings.parallelism)
+    session = spark or local_session()
     failures: dict[str, str] = {}
 
     def one(item: WorkItem) -> Manifest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS
 from cdc_pipeline.errors import ConfigurationError
 
 
@@ -65,7 +66,7 @@ class CommitSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CommitSettings:
-        retained = environ.get("RETAINED_SNAPSHOTS", "2")
+        retained = environ.get("RETAINED_SNAPSHOTS", str(DEFAULT_RETAINED_SNAPSHOTS))
         if not retained.isdigit() or int(retained) < 1:
             raise ConfigurationError(f"RETAINED_SNAPSHOTS must be a whole number ≥ 1, got {retained!r}")
         return cls(

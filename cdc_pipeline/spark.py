@@ -19,40 +19,53 @@ REQUIRED_CONF = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
     "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",
+    # Partition folder values (code=007) stay the strings they are, not guessed numbers or dates.
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
 }
 LOCAL_CONF = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.adaptive.enabled": "true",
-    # A snapshot folder holds exactly its Parquet files: no _SUCCESS marker.
+    # A snapshot folder holds exactly its Parquet files: no _SUCCESS marker, no .crc checksum files.
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+    "spark.hadoop.fs.file.impl.disable.cache": "true",
     "spark.hadoop.parquet.enable.summary-metadata": "false",
     "spark.driver.memory": "4g",
 }
 
 
 def ensure_java() -> None:
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if java is None or not os.access(java, os.X_OK):
+        where = f"JAVA_HOME={java_home} holds no bin/java" if java_home else "no java on PATH"
         raise JavaNotFoundError(
-            "PySpark needs Java 17 and none was found on PATH (JAVA_HOME is unset either). Install it, "
-            "e.g. `sudo apt-get install openjdk-17-jre-headless` or `brew install openjdk@17`"
+            f"PySpark needs Java 17 and none was found ({where}). Install it, e.g. "
+            "`sudo apt-get install openjdk-17-jre-headless` or `brew install openjdk@17`, or fix JAVA_HOME"
         )
 
 
-def local_session(parallelism: int | None = None) -> SparkSession:
-    """A ``local[N]`` session for the local runner and the tests; reuses an active session."""
+def local_session() -> SparkSession:
+    """A ``local[*]`` session for the local runner and the tests; reuses an active session."""
     ensure_java()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         configure(active)
         return active
-    builder = SparkSession.builder.master(f"local[{parallelism or '*'}]").appName("cdc-pipeline")
+    builder = SparkSession.builder.master("local[*]").appName("cdc-pipeline")
     for key, value in {**LOCAL_CONF, **REQUIRED_CONF}.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    try:
+        session = builder.getOrCreate()
+    except PySparkRuntimeError as exc:
+        raise ConfigurationError(
+            f"Spark could not start ({exc}); check that Java 17 runs: `java -version`"
+        ) from exc
     session.sparkContext.setLogLevel("ERROR")
     return session
 

@@ -70,7 +70,8 @@ def commit_stage(
 
     The state document is the commit; the output catalog follows it. If updating the catalog
     fails, the error is raised after the state is committed: a retry finds the run committed and
-    publishes again (the previous snapshot is retained meanwhile, so queries keep working).
+    publishes again. Meanwhile the catalog still points at the previous snapshot, which exists as
+    long as at least two snapshots are retained (the deployment's minimum).
     """
     report = commit_run(plan, state_store, storage, failures=failures, retained_snapshots=retained_snapshots)
     storage.write_json(layout.report(plan.run_id), report.to_json())

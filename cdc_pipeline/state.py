@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cdc_pipeline.errors import CommitConflictError, StateCorruptError
+from cdc_pipeline.watermark import Watermark
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -39,15 +40,35 @@ class TableState:
     mode: str
     watermark_column: str | None = None
     previous_locations: tuple[str, ...] = ()
+    primary_key: tuple[str, ...] = ()
+    sequence_column: str | None = None
+    delete_column: str | None = None
+    delete_values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.watermark is not None:
+            Watermark.parse(self.watermark)  # raises ValueError on anything but a watermark
+        if not isinstance(self.location, str) or not self.location:
+            raise ValueError(f"location {self.location!r} is not a location")
+        if not isinstance(self.rows, int) or isinstance(self.rows, bool) or self.rows < 0:
+            raise ValueError(f"rows {self.rows!r} is not a row count")
+
+    def dedup_settings(self) -> tuple[object, ...]:
+        """What decides a key's current version; a change invalidates the snapshot."""
+        return (self.mode, self.primary_key, self.sequence_column, self.delete_column, self.delete_values)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["previous_locations"] = list(self.previous_locations)
+        for name in _TUPLES:
+            data[name] = list(data[name])
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TableState:
-        return cls(**{**data, "previous_locations": tuple(data.get("previous_locations", ()))})
+        return cls(**{**data, **{name: tuple(data.get(name, ())) for name in _TUPLES}})
+
+
+_TUPLES = ("previous_locations", "primary_key", "delete_values")
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,17 @@ def _corrupt_message(source: str, detail: str) -> str:
     )
 
 
+def parse_state_document(raw: bytes, source: str) -> StateDocument:
+    """The document in ``raw``; StateCorruptError (naming ``source``) for anything else."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateCorruptError(_corrupt_message(source, f"not valid JSON ({exc})")) from exc
+    if not isinstance(data, dict):
+        raise StateCorruptError(_corrupt_message(source, "not a JSON object"))
+    return StateDocument.from_json(data, source)
+
+
 class StateStore(Protocol):
     """Reads and compare-and-swap writes the state document."""
 
@@ -127,13 +159,7 @@ class LocalStateStore:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return StateDocument(), None
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateCorruptError(_corrupt_message(str(self.path), f"not valid JSON ({exc})")) from exc
-        if not isinstance(data, dict):
-            raise StateCorruptError(_corrupt_message(str(self.path), "not a JSON object"))
-        document = StateDocument.from_json(data, str(self.path))
+        document = parse_state_document(raw, str(self.path))
         return document, str(document.revision)
 
     def write(self, document: StateDocument, expected_version: str | None) -> str:

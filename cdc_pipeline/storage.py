@@ -51,5 +51,8 @@ class LocalStorage:
         path = Path(location)
         if not path.exists():
             return False
-        shutil.rmtree(path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
         return True

@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from cdc_pipeline.aws.s3 import parse_s3_uri
 from cdc_pipeline.catalog import Catalog, OutputCatalog
 from cdc_pipeline.errors import ConfigurationError
 from cdc_pipeline.plan import Layout, LoadType, new_run_id
@@ -22,13 +23,6 @@ from cdc_pipeline.state import StateStore
 from cdc_pipeline.storage import Storage
 
 logger = logging.getLogger(__name__)
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ConfigurationError(f"{uri!r} is not an s3://bucket/key URI")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
 
 
 def plan_task(
@@ -58,7 +52,7 @@ def plan_task(
         load_type=LoadType(requested) if requested else None,
         tables=tables or None,
     )
-    items_bucket, items_key = split_s3_uri(layout.items(plan.run_id))
+    items_bucket, items_key = parse_s3_uri(layout.items(plan.run_id))
     logger.info(
         "run %s planned: %d table(s) to ingest, %d failed in plan, %d skipped",
         plan.run_id,

@@ -67,14 +67,11 @@ def watermark_micros(column: str, kind: WatermarkKind) -> Column:
 
 
 def incremental_rows(
-    df: DataFrame, column: str, kind: WatermarkKind, since: Watermark, *, inclusive: bool, keep_nulls: bool
+    df: DataFrame, column: str, kind: WatermarkKind, since: Watermark, *, inclusive: bool
 ) -> DataFrame:
-    """Rows at or after (``inclusive``) or strictly after ``since``; null watermarks kept on request."""
+    """Rows at or after (``inclusive``) or strictly after ``since``; a null watermark never matches."""
     bound = watermark_literal(since, kind)
-    condition = col(column) >= bound if inclusive else col(column) > bound
-    if keep_nulls:
-        condition = condition | col(column).isNull()
-    return df.filter(condition)
+    return df.filter(col(column) >= bound if inclusive else col(column) > bound)
 
 
 def null_key_condition(primary_key: Sequence[str]) -> Column:
@@ -97,8 +94,14 @@ def latest_per_key(
     """
     if RANK_COLUMN not in df.columns:
         df = df.withColumn(RANK_COLUMN, F.lit(BATCH_RANK))
-    data_columns = [column for column in df.columns if column != RANK_COLUMN]
-    df = df.withColumn(_TIEBREAK, F.xxhash64(*(col(c) for c in data_columns)))
+    data_fields = [field for field in df.schema.fields if field.name != RANK_COLUMN]
+    data_columns = [field.name for field in data_fields]
+    # Maps can be neither hashed nor compared: hash their JSON text, and rank rows with a window
+    # (whose ordering holds only the ordering columns) instead of comparing whole-row structs.
+    hashed = [F.to_json(col(f.name)) if _has_map(f.dataType) else col(f.name) for f in data_fields]
+    if any(_has_map(f.dataType) for f in data_fields):
+        strategy = DedupStrategy.WINDOW
+    df = df.withColumn(_TIEBREAK, F.xxhash64(*hashed))
     order_columns = [*ordering, RANK_COLUMN, _TIEBREAK]
 
     if strategy is DedupStrategy.WINDOW:
@@ -118,6 +121,16 @@ def latest_per_key(
         )
     )
     return df.groupBy(*(col(c) for c in primary_key)).agg(winner.alias(_WINNER)).select(f"{_WINNER}.row.*")
+
+
+def _has_map(data_type: T.DataType) -> bool:
+    if isinstance(data_type, T.MapType):
+        return True
+    if isinstance(data_type, T.ArrayType):
+        return _has_map(data_type.elementType)
+    if isinstance(data_type, T.StructType):
+        return any(_has_map(field.dataType) for field in data_type.fields)
+    return False
 
 
 def drop_deleted(df: DataFrame, delete_column: str | None, delete_values: Sequence[str]) -> DataFrame:

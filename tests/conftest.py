@@ -11,7 +11,7 @@ import pytest
 def spark() -> Iterator[object]:
     from cdc_pipeline.spark import local_session
 
-    session = local_session(parallelism=2)
+    session = local_session()
     # Test tables are tiny: fewer shuffle partitions mean fewer, faster tasks.
     session.conf.set("spark.sql.shuffle.partitions", "2")
     yield session

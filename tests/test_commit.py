@@ -591,3 +591,18 @@ def test_a_commit_retried_after_a_later_run_committed_is_recognised_not_refused(
     assert env.state_bytes() == state_before
     assert retry.failed == []
     assert exists(env.state()[0].tables["orders"].location)
+
+
+def test_a_refused_commit_removes_its_own_unpublished_snapshots(env):
+    run(env, "run-1", {"orders": "2024-04-01T00:00:00"})
+    loser = plan_from_state(env, "run-loser", ["orders"])
+    ingest_succeeded(env, loser.items[0], "2024-04-02T00:00:00")
+    run(env, "run-winner", {"orders": "2024-04-03T00:00:00"})
+
+    with pytest.raises(CommitConflictError):
+        commit_run(loser, env.store, env.storage, now=NOW)
+
+    assert not exists(loser.items[0].output_location)
+    state, _ = env.state()
+    assert exists(state.tables["orders"].location)
+    assert all(exists(location) for location in state.tables["orders"].previous_locations)

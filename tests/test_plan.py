@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -49,7 +50,9 @@ COUNTRIES = table("countries", ("code", "string"), ("name", "string"))
 EVENTS = table("events", ("payload", "string"), ("updated_at", "timestamp_ntz"))
 
 
-def tracker(watermark: str | None, column: str | None = "updated_at") -> TableState:
+def tracker(watermark: str | None, column: str | None = "updated_at", **settings) -> TableState:
+    """The tracker a previous run of ``orders`` (as the registry above describes it) committed."""
+    orders = {"primary_key": ("order_id",), "delete_column": "Op", "delete_values": ("D",)}
     return TableState(
         watermark=watermark,
         location="/lake/current/x/snapshots/r0",
@@ -59,6 +62,7 @@ def tracker(watermark: str | None, column: str | None = "updated_at") -> TableSt
         load_type="full",
         mode="dedup",
         watermark_column=column,
+        **{**orders, **settings},
     )
 
 
@@ -119,6 +123,27 @@ def test_tracker_on_another_watermark_column_forces_a_full_load() -> None:
 
     assert orders.load_type == "full"
     assert any("full load" in warning for warning in orders.warnings)
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [
+        {"primary_key": ("order_id", "line_no")},
+        {"primary_key": (), "mode": "append"},
+        {"sequence_column": "seq"},
+        {"delete_values": ("D", "X")},
+    ],
+    ids=["key", "mode", "sequence", "delete-values"],
+)
+def test_registry_change_of_key_order_or_delete_forces_a_full_load(previous) -> None:
+    mode = previous.pop("mode", "dedup")
+    old = replace(tracker("2026-01-01T00:00:00Z", **previous), mode=mode)
+    state = StateDocument(revision=3, tables={"orders": old})
+
+    orders = items_by_table(make_plan(FakeCatalog(ORDERS), state))["orders"]
+
+    assert (orders.load_type, orders.last_watermark, orders.current_snapshot) == ("full", None, None)
+    assert any("registry changed how rows are keyed" in warning for warning in orders.warnings)
 
 
 def test_table_without_the_watermark_column_is_fully_reloaded_every_run_and_warned() -> None:
@@ -191,3 +216,43 @@ def test_plan_survives_a_json_round_trip() -> None:
     plan = make_plan(FakeCatalog(ORDERS, LINES, COUNTRIES, EVENTS), state)
 
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def test_watermark_column_that_is_a_partition_folder_key_fails_the_table_with_the_fix() -> None:
+    partitioned = replace(ORDERS, partition_keys=("dt",))
+    registry = parse_registry("table_name,primary_key,watermark_column\norders,order_id,dt\n", "r.csv")
+
+    plan = plan_run(
+        catalog=FakeCatalog(partitioned),
+        registry=registry,
+        state=StateDocument(),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+    assert "is a partition folder key" in plan.failed["orders"]
+
+
+def test_settings_a_table_without_key_cannot_use_are_warned_not_silently_ignored() -> None:
+    registry = parse_registry("table_name,primary_key,sequence_column,lookback\nevents,,seq,PT5M\n", "r.csv")
+    events = table("events", ("seq", "bigint"), ("updated_at", "timestamp"))
+
+    plan = plan_run(
+        catalog=FakeCatalog(events),
+        registry=registry,
+        state=StateDocument(),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+    warnings = plan.items[0].warnings
+    assert any("sequence_column 'seq' is ignored without a primary key" in w for w in warnings)
+    assert any("lookback 'PT5M' is ignored without a primary key" in w for w in warnings)
+
+
+def test_keyed_table_without_any_ordering_column_is_warned() -> None:
+    countries = items_by_table(make_plan(FakeCatalog(COUNTRIES)))["countries"]
+
+    assert any("chosen by content, not recency" in w for w in countries.warnings)

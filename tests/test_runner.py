@@ -161,15 +161,33 @@ def test_late_row_within_the_lookback_is_merged(lake, capsys) -> None:
     )
 
 
-def test_null_watermarks_are_kept_and_never_move_the_watermark(lake, capsys) -> None:
+def test_null_watermarks_are_loaded_by_a_full_load_and_never_move_the_watermark(lake, capsys) -> None:
     lake.land("people", [person(1, "stamped", 10), person(2, "unstamped", None)])
 
     assert lake.run() == 0
 
-    assert "1 row(s) with a null 'updated_at' read" in capsys.readouterr().out
+    assert "1 row(s) with a null 'updated_at' loaded" in capsys.readouterr().out
     status = lake.status(capsys)["people"]
     assert rows_at(status["location"]) == [(1, "stamped"), (2, "unstamped")]
     assert datetime.fromisoformat(status["watermark"]) == T0 + timedelta(seconds=10)
+
+
+def test_incremental_runs_report_null_watermarks_and_never_resurrect_a_deleted_key(lake, capsys) -> None:
+    lake.registry("table_name,primary_key,delete_column,delete_values\npeople,id,name,gone\n")
+    lake.land(
+        "people", [person(1, "unstamped insert", None), person(1, "gone", 3600), person(2, "bob", 7200)]
+    )
+    assert lake.run() == 0
+    lake.land("people", [person(3, "cy", 9000), person(4, "late unstamped", None)])
+    capsys.readouterr()
+
+    assert lake.run() == 0
+
+    assert "2 row(s) of the table have a null 'updated_at': incremental runs do not read them" in (
+        capsys.readouterr().out
+    )
+    status = lake.status(capsys)["people"]
+    assert rows_at(status["location"]) == [(2, "bob"), (3, "cy")]
 
 
 def test_output_timestamps_are_int64_micros_readable_by_athena_duckdb_and_pyarrow(lake, capsys) -> None:
@@ -232,3 +250,39 @@ def test_missing_java_is_reported_with_the_install_hint(monkeypatch) -> None:
 
     with pytest.raises(JavaNotFoundError, match="apt-get install openjdk-17-jre-headless"):
         ensure_java()
+
+
+def test_a_java_home_without_java_is_reported_too(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk-here"))
+
+    with pytest.raises(JavaNotFoundError, match="holds no bin/java"):
+        ensure_java()
+
+
+def test_partition_folder_values_are_kept_as_the_strings_they_are(lake, capsys) -> None:
+    folder = lake.root / "raw" / "codes" / "code=007"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([person(1, "ada", 1)], schema=SCHEMA), folder / "part-0.parquet")
+    lake.registry("table_name,primary_key\ncodes,id\n")
+
+    assert lake.run() == 0
+
+    location = lake.status(capsys)["codes"]["location"]
+    assert pq.read_table(location)["code"].to_pylist() == ["007"]
+    assert sorted(p.name for p in Path(location).iterdir() if not p.name.endswith(".parquet")) == []
+
+
+def test_every_warning_of_a_run_is_logged_in_its_run_log(lake, capsys) -> None:
+    lake.land("events", [person(1, "click", 1)])  # not in the registry: a fallback warning
+
+    assert lake.run() == 0
+
+    run_id = lake.status(capsys)["events"]["run_id"]
+    log = (lake.root / "state" / "runs" / run_id / "run.log").read_text()
+    assert "WARNING" in log
+    assert "not in the registry" in log
+
+
+def test_status_of_a_state_directory_that_does_not_exist_is_an_error(tmp_path, capsys) -> None:
+    assert main(["status", "--state", str(tmp_path / "typo")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -407,6 +407,15 @@ CORRUPT_DOCUMENTS = {
     "missing-revision": json.dumps({k: v for k, v in VALID.items() if k != "revision"}).encode(),
     "tables-is-a-list": json.dumps({**VALID, "tables": []}).encode(),
     "tracker-missing-keys": json.dumps({**VALID, "tables": {"orders": {"watermark": "2024-01-01"}}}).encode(),
+    "tracker-garbage-watermark": json.dumps(
+        {**VALID, "tables": {"orders": {**_tracker("run-3").to_json(), "watermark": "garbage"}}}
+    ).encode(),
+    "tracker-rows-not-a-count": json.dumps(
+        {**VALID, "tables": {"orders": {**_tracker("run-3").to_json(), "rows": "many"}}}
+    ).encode(),
+    "tracker-no-location": json.dumps(
+        {**VALID, "tables": {"orders": {**_tracker("run-3").to_json(), "location": None}}}
+    ).encode(),
     "tracker-unknown-key": json.dumps(
         {**VALID, "tables": {"orders": {**_tracker("run-3").to_json(), "surprise": 1}}}
     ).encode(),

@@ -179,7 +179,7 @@ def test_incremental_bound_is_exact_to_the_microsecond_for_each_kind(spark, kind
     bound = Watermark.from_micros(micros[1], kind)
 
     def read(inclusive: bool) -> list[int]:
-        rows = incremental_rows(df, "w", kind, bound, inclusive=inclusive, keep_nulls=False)
+        rows = incremental_rows(df, "w", kind, bound, inclusive=inclusive)
         return sorted(r["m"] for r in rows.select(watermark_micros("w", kind).alias("m")).collect())
 
     assert read(inclusive=True) == micros[1:]
@@ -195,12 +195,31 @@ def test_watermark_micros_of_a_timestamp_matches_python_exactly(spark) -> None:
     assert Watermark.from_micros(micros, WatermarkKind.TIMESTAMP).iso() == "2031-07-04T23:59:59.999999Z"
 
 
-def test_null_watermarks_are_kept_only_on_request(spark) -> None:
+def test_a_null_watermark_is_never_an_incremental_row(spark) -> None:
     df = spark.createDataFrame([(None,), (at(5),)], T.StructType([T.StructField("w", T.TimestampType())]))
     bound = Watermark.parse("2026-01-01T00:00:00Z")
 
-    kept = incremental_rows(df, "w", WatermarkKind.TIMESTAMP, bound, inclusive=True, keep_nulls=True)
-    dropped = incremental_rows(df, "w", WatermarkKind.TIMESTAMP, bound, inclusive=True, keep_nulls=False)
+    read = incremental_rows(df, "w", WatermarkKind.TIMESTAMP, bound, inclusive=True)
 
-    assert kept.count() == 2
-    assert dropped.count() == 1
+    assert read.count() == 1
+
+
+@pytest.mark.parametrize("strategy", list(DedupStrategy))
+def test_rows_with_map_columns_are_deduplicated_too(spark, strategy) -> None:
+    schema = T.StructType(
+        [
+            T.StructField("id", T.LongType()),
+            T.StructField("tags", T.MapType(T.StringType(), T.StringType())),
+            T.StructField("updated_at", T.TimestampType()),
+        ]
+    )
+    df = spark.createDataFrame(
+        [(1, {"v": "old"}, at(1)), (1, {"v": "new"}, at(2)), (1, {"v": "tie"}, at(2))], schema
+    )
+
+    winners = latest_per_key(df, ["id"], ["updated_at"], strategy).collect()
+    again = latest_per_key(df.repartition(2), ["id"], ["updated_at"], strategy).collect()
+
+    assert len(winners) == 1
+    assert winners[0].tags["v"] in {"new", "tie"}
+    assert again[0].tags == winners[0].tags
