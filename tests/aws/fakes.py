@@ -1,0 +1,75 @@
+"""A landing zone in moto (Glue tables, registry) and a stand-in for the Glue job's ingest.
+
+The ingest stand-in writes the manifest a successful ingest would: these tests prove the AWS
+wiring (plan, Map, commit, catalog); the ingest itself runs for real in the Spark tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdc_pipeline.aws.s3 import S3Storage
+from cdc_pipeline.manifest import SUCCEEDED, Manifest
+from cdc_pipeline.plan import WorkItem
+
+PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+COLUMNS = [
+    {"Name": "id", "Type": "bigint"},
+    {"Name": "name", "Type": "string"},
+    {"Name": "updated_at", "Type": "timestamp"},
+]
+
+
+def create_source_tables(glue: Any, database: str, names: list[str], bucket: str = "landing") -> None:
+    for name in names:
+        glue.create_table(
+            DatabaseName=database,
+            TableInput={
+                "Name": name,
+                "TableType": "EXTERNAL_TABLE",
+                "StorageDescriptor": {
+                    "Columns": COLUMNS,
+                    "Location": f"s3://{bucket}/raw/{name}/",
+                    "InputFormat": PARQUET_INPUT,
+                    "OutputFormat": PARQUET_OUTPUT,
+                    "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE},
+                },
+            },
+        )
+
+
+def registry_csv(names: list[str]) -> str:
+    return "table_name,primary_key\n" + "".join(f"{name},id\n" for name in names)
+
+
+def ingest_succeeded(
+    storage: S3Storage, item: WorkItem, watermark_after: str = "2026-11-01T00:00:00.000001Z"
+) -> None:
+    """What the Glue job leaves when a table's ingest succeeds: its manifest (the snapshot is not read)."""
+    manifest = Manifest(
+        run_id=item.run_id,
+        table=item.table,
+        status=SUCCEEDED,
+        load_type=item.load_type,
+        mode=item.mode,
+        rows_read=10,
+        rows_written=7,
+        rows_set_aside=0,
+        null_watermark_rows=0,
+        watermark_column=item.watermark_column,
+        watermark_before=item.last_watermark,
+        watermark_after=watermark_after,
+        schema=[
+            {"name": "id", "type": "bigint"},
+            {"name": "name", "type": "string"},
+            {"name": "updated_at", "type": "timestamp"},
+        ],
+        output_location=item.output_location,
+        quarantine_location=None,
+        started_at="2026-11-01T00:00:00+00:00",
+        duration_s=1.0,
+        primary_key=item.primary_key,
+    )
+    storage.write_json(item.manifest_location, manifest.to_json())
