@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,11 @@ def start_run(
     run_input: dict[str, Any] = {"load_type": load_type or "incremental"}
     if tables:
         run_input["tables"] = tables
-    response = sfn.start_execution(stateMachineArn=state_machine_arn, input=json.dumps(run_input))
+    response = sfn.start_execution(
+        stateMachineArn=state_machine_arn,
+        name=f"manual-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
+        input=json.dumps(run_input),
+    )
     return str(response["executionArn"])
 
 

@@ -1,0 +1,311 @@
+"""The state machine definition EXECUTED by moto's Step Functions interpreter.
+
+The Plan and Commit tasks are the real Lambda handlers (``lambdas/*/app.py``), dispatched from
+moto's Lambda backend; the Distributed Map reads the plan's items from S3 and writes its results
+to S3; each Glue job run's outcome is decided by the test (a successful run leaves the manifest an
+ingest would). What runs is the ASL file as deployed, with its placeholders filled the way
+``DefinitionSubstitutions`` fills them.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import json
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from moto import mock_aws
+from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.glue.exceptions import ConcurrentRunsExceededException
+from moto.glue.models import FakeJob, FakeJobRun
+from moto.stepfunctions.parser import models as stepfunctions_models
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+    state_task_service_callback,
+)
+
+from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
+from cdc_pipeline.plan import WorkItem
+
+from .conftest import BUCKET, OUTPUT_DATABASE, REGION, SOURCE_DATABASE
+from .fakes import create_source_tables, ingest_succeeded, registry_csv
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = ROOT / "state_machine" / "cdc_pipeline.asl.json"
+ACCOUNT = "123456789012"
+JOB_NAME = "cdc-pipeline-ingest"
+PLAN_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:cdc-pipeline-plan"
+COMMIT_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:cdc-pipeline-commit"
+SUBSTITUTIONS = {
+    "PlanFunctionArn": PLAN_ARN,
+    "CommitFunctionArn": COMMIT_ARN,
+    "IngestJobName": JOB_NAME,
+    "StateBucketName": BUCKET,
+    "MapResultsPrefix": "state/map-results",
+    "MaxConcurrency": 20,
+}
+
+
+def render_definition() -> str:
+    """The ASL with every ``${Placeholder}`` replaced as text, as DefinitionSubstitutions does.
+
+    Retry intervals are cut to one second: the test proves that a retry happens, not how long
+    the deployed backoff waits.
+    """
+    text = DEFINITION.read_text()
+    for name, value in SUBSTITUTIONS.items():
+        text = text.replace("${" + name + "}", str(value))
+    assert "${" not in text, "a placeholder without a substitution"
+    definition = json.loads(text)
+
+    def shorten(node: Any) -> None:
+        if isinstance(node, dict):
+            for retrier in node.get("Retry", []):
+                retrier["IntervalSeconds"] = 1
+                retrier.pop("MaxDelaySeconds", None)
+            for value in node.values():
+                shorten(value)
+        elif isinstance(node, list):
+            for value in node:
+                shorten(value)
+
+    shorten(definition)
+    return json.dumps(definition)
+
+
+def _fix_moto_interrupt_all() -> None:
+    """moto 5.2: every ``glue:startJobRun.sync`` task fails on ``None.interrupt_all()`` (TOOLCHAIN.md)."""
+    cls = state_task_service_callback.StateTaskServiceCallback
+    source = textwrap.dedent(inspect.getsource(cls._eval_integration_pattern))
+    broken = "callback_endpoint.interrupt_all()"
+    if broken not in source or "callback_endpoint is not None" in source:
+        return
+    fixed = source.replace(broken, "if callback_endpoint is not None:\n                " + broken)
+    namespace: dict[str, Any] = {}
+    exec(
+        compile(fixed, state_task_service_callback.__file__, "exec"),
+        vars(state_task_service_callback),
+        namespace,
+    )
+    cls._eval_integration_pattern = namespace["_eval_integration_pattern"]
+
+
+class _CopySharingExecutions:
+    """moto 5.2 deep-copies a state machine on every start, and with it the earlier executions
+    (its own, and the backend's), whose locks cannot be copied: a second execution fails. The
+    copy shares them instead."""
+
+    @staticmethod
+    def deepcopy(obj: Any, memo: dict[int, Any] | None = None) -> Any:
+        memo = {} if memo is None else memo
+        for name in ("backend", "executions"):
+            shared = getattr(obj, name, None)
+            if shared is not None:
+                memo[id(shared)] = shared
+        return copy.deepcopy(obj, memo)
+
+
+@dataclass
+class FakeContext:
+    function_name: str
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = ""
+    aws_request_id: str = "req-1"
+
+
+def load_handler(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GlueOutcome = Callable[[WorkItem, int], str]
+
+
+class Pipeline:
+    """The deployed pipeline in moto: buckets, catalogs, the job, both Lambdas, the state machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, boto_session: Any) -> None:
+        self.s3 = boto_session.client("s3")
+        self.glue = boto_session.client("glue")
+        self.sfn = boto_session.client("stepfunctions")
+        self.storage = S3Storage(client=self.s3)
+        self.state = S3StateStore(f"s3://{BUCKET}/state", client=self.s3)
+        self.outcome: GlueOutcome = lambda item, attempt: "SUCCEEDED"
+        self.attempts: dict[str, int] = {}
+        self.job_run_outcomes: dict[str, str] = {}
+        for name, value in {
+            "SOURCE_DATABASE": SOURCE_DATABASE,
+            "OUTPUT_DATABASE": OUTPUT_DATABASE,
+            "OUTPUT_PATH": f"s3://{BUCKET}/current",
+            "CDC_PATH": f"s3://{BUCKET}/state",
+            "REGISTRY_PREFIX": f"s3://{BUCKET}/registry",
+            "RETAINED_SNAPSHOTS": "2",
+            "POWERTOOLS_SERVICE_NAME": "cdc-pipeline",
+            "POWERTOOLS_METRICS_NAMESPACE": "CdcPipeline",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }.items():
+            monkeypatch.setenv(name, value)
+        self.handlers = {
+            PLAN_ARN: load_handler(ROOT / "lambdas" / "plan" / "app.py", "plan_app").lambda_handler,
+            COMMIT_ARN: load_handler(ROOT / "lambdas" / "commit" / "app.py", "commit_app").lambda_handler,
+        }
+        monkeypatch.setattr(LambdaSimpleBackend, "invoke", self._invoke_lambda)
+        original_start = FakeJob.start_job_run
+        original_as_dict = FakeJobRun.as_dict
+
+        def start_job_run(job: FakeJob, *args: Any, **kwargs: Any) -> str:
+            item = WorkItem.from_json(json.loads(kwargs["arguments"]["--work_item"]))
+            attempt = self.attempts[item.table] = self.attempts.get(item.table, 0) + 1
+            outcome = self.outcome(item, attempt)
+            if outcome == "THROTTLED":
+                raise ConcurrentRunsExceededException(f"Job with name {job.name} already running")
+            if outcome == "SUCCEEDED":
+                ingest_succeeded(self.storage, item)
+            run_id = original_start(job, *args, **kwargs)
+            self.job_run_outcomes[run_id] = outcome
+            return run_id
+
+        def as_dict(run: FakeJobRun) -> dict[str, Any]:
+            described = original_as_dict(run)
+            described["JobRunState"] = self.job_run_outcomes.get(run.job_run_id, described["JobRunState"])
+            if described["JobRunState"] == "FAILED":
+                described["ErrorMessage"] = "table failed: file x.parquet is not readable Parquet"
+            return described
+
+        monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
+        monkeypatch.setattr(FakeJobRun, "as_dict", as_dict)
+
+        self.state_machine_arn = self.sfn.create_state_machine(
+            name="cdc-pipeline", definition=render_definition(), roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn"
+        )["stateMachineArn"]
+        self.s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        self.glue.create_database(DatabaseInput={"Name": SOURCE_DATABASE})
+        self.glue.create_database(DatabaseInput={"Name": OUTPUT_DATABASE})
+        self.glue.create_job(
+            Name=JOB_NAME,
+            Role="arn:aws:iam::123456789012:role/glue",
+            Command={"Name": "glueetl"},
+            ExecutionProperty={"MaxConcurrentRuns": 1000},
+        )
+
+    def _invoke_lambda(self, function_name, qualifier, body, headers, response_headers) -> bytes:
+        handler = self.handlers[function_name]
+        try:
+            result = handler(json.loads(body or "{}"), FakeContext(function_name=function_name))
+        except Exception as exc:  # a Lambda's unhandled error: the state machine's Retry/Catch see it
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        return json.dumps(result).encode()
+
+    def land(self, tables: list[str]) -> None:
+        create_source_tables(self.glue, SOURCE_DATABASE, tables)
+        self.s3.put_object(Bucket=BUCKET, Key="registry/tables.csv", Body=registry_csv(tables).encode())
+
+    def run(self, run_input: dict[str, Any], timeout_s: float = 240) -> dict[str, Any]:
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.state_machine_arn,
+            name=f"test-{uuid.uuid4().hex}",
+            input=json.dumps(run_input),
+        )["executionArn"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            execution = self.sfn.describe_execution(executionArn=arn)
+            if execution["status"] != "RUNNING":
+                return execution
+            time.sleep(0.2)
+        raise AssertionError(f"execution {arn} still running after {timeout_s} s")
+
+
+@pytest.fixture
+def pipeline(monkeypatch: pytest.MonkeyPatch, boto_session: Any) -> Iterator[Pipeline]:
+    _fix_moto_interrupt_all()
+    monkeypatch.setattr(stepfunctions_models, "copy", _CopySharingExecutions)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}):
+        yield Pipeline(monkeypatch, boto_session)
+
+
+def test_every_table_succeeds_and_is_committed_in_one_revision(pipeline) -> None:
+    tables = ["customers", "orders", "payments"]
+    pipeline.land(tables)
+
+    execution = pipeline.run({"load_type": "incremental"})
+
+    assert execution["status"] == "SUCCEEDED", execution
+    state, _ = pipeline.state.read()
+    assert state.revision == 1
+    assert sorted(state.tables) == tables
+    commit = json.loads(execution["output"])["commit"]
+    assert (commit["succeeded_count"], commit["failed_count"]) == (3, 0)
+    for table in tables:
+        location = pipeline.glue.get_table(DatabaseName=OUTPUT_DATABASE, Name=table)["Table"][
+            "StorageDescriptor"
+        ]
+        assert location["Location"].rstrip("/") == state.tables[table].location
+
+
+def test_a_failed_glue_run_fails_the_execution_after_committing_the_others(pipeline) -> None:
+    tables = ["customers", "orders", "payments"]
+    pipeline.land(tables)
+    assert pipeline.run({})["status"] == "SUCCEEDED"
+    before, _ = pipeline.state.read()
+    pipeline.outcome = lambda item, attempt: "FAILED" if item.table == "orders" else "SUCCEEDED"
+
+    execution = pipeline.run({"load_type": "incremental"})
+
+    assert execution["status"] == "FAILED"
+    assert execution.get("error") == "TablesFailed"
+    after, _ = pipeline.state.read()
+    assert after.revision == before.revision + 1
+    assert after.tables["orders"] == before.tables["orders"]
+    for table in ("customers", "payments"):
+        assert after.tables[table].run_id == after.run_id != before.tables[table].run_id
+
+
+def test_glue_throttling_is_retried_and_the_table_still_succeeds(pipeline) -> None:
+    pipeline.land(["customers", "orders"])
+    pipeline.outcome = lambda item, attempt: (
+        "THROTTLED" if item.table == "orders" and attempt < 3 else "SUCCEEDED"
+    )
+
+    execution = pipeline.run({})
+
+    assert execution["status"] == "SUCCEEDED", execution
+    assert pipeline.attempts["orders"] == 3
+    assert sorted(pipeline.state.read()[0].tables) == ["customers", "orders"]
+
+
+def test_a_run_with_nothing_to_ingest_skips_the_map_and_succeeds(pipeline) -> None:
+    pipeline.s3.put_object(
+        Bucket=BUCKET, Key="registry/tables.csv", Body=b"table_name,primary_key\nnone,id\n"
+    )
+
+    execution = pipeline.run({})
+
+    assert execution["status"] == "SUCCEEDED", execution
+    assert json.loads(execution["output"])["commit"]["succeeded_count"] == 0
+
+
+def test_a_plan_of_a_thousand_tables_goes_through_the_distributed_map(pipeline) -> None:
+    tables = [f"table_{n:04d}" for n in range(1000)]
+    pipeline.land(tables)
+
+    execution = pipeline.run({}, timeout_s=600)
+
+    assert execution["status"] == "SUCCEEDED", execution
+    assert len(pipeline.state.read()[0].tables) == 1000
+    plan = json.loads(execution["output"])["plan"]
+    assert plan["item_count"] == 1000
+    # The items went to the Map through S3, never through the execution's payload.
+    assert len(json.dumps(plan)) < 1_000
