@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean check-templates layer deploy
 
 setup: $(STAMP)
 
@@ -19,6 +19,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+	bash scripts/check_templates.sh
 
 lint: setup
 	$(PY) -m ruff check cdc_pipeline tests benchmarks
@@ -28,4 +29,32 @@ bench: setup
 	$(PY) -m benchmarks.run_benchmarks
 
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache
+	rm -rf $(VENV) demo-data .pytest_cache .venv-tools build .aws-sam
+
+# ---- AWS deployment --------------------------------------------------------------------------
+# template.yaml + state_machine/; the SAM, cfn-lint and checkov tools live in .venv-tools
+# (scripts/check_templates.sh installs them from scripts/tools-requirements.txt).
+STACK ?= cdc-pipeline
+SAM := .venv-tools/sam/bin/sam
+LAYER := build/layer/python
+stack_output = aws cloudformation describe-stacks --stack-name $(STACK) --output text \
+	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue"
+
+check-templates:
+	bash scripts/check_templates.sh
+
+# One build of the cdc_pipeline package for both runtimes: the Lambdas' SharedLayer
+# (build/layer/python/) and the Glue job's --extra-py-files zip (build/cdc_pipeline.zip). The layer
+# also carries boto3 at the version the tests run: the Lambda runtime's bundled boto3 may predate
+# S3 conditional writes (PutObject IfMatch / IfNoneMatch), which the commit's compare-and-swap needs.
+layer: setup
+	rm -rf build/layer build/cdc_pipeline.zip
+	$(PY) -c "import shutil; shutil.copytree('cdc_pipeline', '$(LAYER)/cdc_pipeline', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))"
+	$(PY) -m pip install --quiet --target $(LAYER) "boto3==$$($(PY) -c 'import boto3; print(boto3.__version__)')"
+	cd $(LAYER) && $(abspath $(PY)) -m zipfile -c ../../cdc_pipeline.zip cdc_pipeline
+
+deploy: check-templates layer
+	$(SAM) build
+	$(SAM) deploy --stack-name $(STACK) $(if $(wildcard samconfig.toml),,--guided)
+	aws s3 cp glue_jobs/ingest_table.py "$$($(call stack_output,GlueScriptLocation))"
+	aws s3 cp build/cdc_pipeline.zip "$$($(call stack_output,GlueExtraPyFilesLocation))"
