@@ -1,0 +1,582 @@
+"""The SAM template DEPLOYED as a stack in moto's CloudFormation, then a run of the state machine it made.
+
+``template.yaml`` goes through the SAM transform offline (samtranslator, dummy credentials), the
+way ``sam deploy`` does after ``sam package``: CodeUri and ContentUri point at dummy zips and
+DefinitionUri at an untouched copy of ``state_machine/cdc_pipeline.asl.json``, all in a packaging
+bucket. The plain CloudFormation template is created with ``create_stack`` in moto, and an
+execution of the state machine the stack created runs through: the Plan and Commit tasks are the
+real handlers (dispatched as in ``test_state_machine.py``), each configured with the environment
+moto's Lambda holds for the stack's function; each Glue job run succeeds at once and leaves the
+manifest an ingest would.
+
+What moto 5.2.1 cannot do, and what this test does about it:
+
+* Resources DROPPED from the transformed template before ``create_stack`` (exactly these):
+
+  - ``AccessLogsBucketPolicy``, ``StateBucketPolicy``, ``OutputBucketPolicy``,
+    ``ArtifactsBucketPolicy`` (AWS::S3::BucketPolicy), ``RunSchedule`` (AWS::Scheduler::Schedule),
+    ``ExecutionsFailedAlarm`` (AWS::CloudWatch::Alarm) and ``AlarmEmailSubscription``
+    (AWS::SNS::Subscription; its condition HasAlarmEmail is false here anyway): moto has no
+    CloudFormation model for these types. It would skip them ("No Moto CloudFormation support for
+    AWS::S3::BucketPolicy") but then lists each as a blank row in ListStackResources, and
+    DescribeStackResources fails on them (KeyError 'LogicalResourceId'). Nothing the run needs
+    refers to them; the schedule's target Input is read from the template and used as the
+    execution's input instead.
+  - ``Dashboard`` (AWS::CloudWatch::Dashboard) and the ``DashboardUrl`` output: moto has a model
+    for dashboards, but the body's ``${ExecutionsFailedAlarm.Arn}`` makes CreateStack fail ("Template
+    error: instance of Fn::GetAtt references undefined resource ExecutionsFailedAlarm"), as the
+    alarm cannot exist in moto; the output refers to the dashboard.
+
+* Types moto cannot create either but the run NEEDS are created by three small CloudFormation
+  models this test registers for its duration (only while moto lacks them): AWS::Glue::Database,
+  AWS::Glue::Job and AWS::Glue::SecurityConfiguration, each made in moto's Glue from the template's
+  own properties. Without them moto skips them and ``Ref IngestJob`` resolves to None, so the
+  definition would name a job "None" and the Commit Lambda an output database "None".
+
+* AWS::StepFunctions::StateMachine: moto reads only ``DefinitionString`` (the transform writes
+  ``DefinitionS3Location``), ignores ``DefinitionSubstitutions`` (so the machine gets an empty
+  definition) and puts the machine in the classic backend, which the Step Functions API does not
+  read once ``execute_state_machine`` is on (DescribeStateMachine: StateMachineDoesNotExist). The
+  test replaces that model's create with what CloudFormation does: it reads the definition from
+  S3 and replaces each ``${Name}`` with its substitution as text (so the unquoted
+  ``${MaxConcurrency}`` becomes a JSON number), with the values moto's CloudFormation resolved
+  from the stack (function ARNs, job name, bucket, parameters), and creates the machine where the
+  executing API finds it, after moto's ASL parser accepted it.
+
+* AWS::Lambda::Function: moto's CloudFormation creates functions only in Lambda's default (Docker)
+  backend, never in the simple one ``{"lambda": {"use_docker": False}}`` selects (GetFunction:
+  "Function not found"), and it ignores Layers, LoggingConfig and TracingConfig. So this test keeps
+  the default backend and replaces ``LambdaBackend.invoke`` (no container ever starts).
+
+Needs moto's CloudFormation (the ``moto[cloudformation]`` extra) and the SAM translator
+(``aws-sam-translator``) in the test environment; without the translator the transform falls
+back to ``.venv-tools/sam`` (``scripts/check_templates.sh`` creates it).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import yaml
+
+try:
+    from moto.cloudformation import parsing as cfn_parsing
+except ImportError as exc:  # the extra's dependencies (openapi-spec-validator, cfn-lint, ...) are missing
+    pytest.skip(
+        f"moto's CloudFormation cannot be imported ({exc}): the dev dependencies need "
+        "moto[s3,glue,stepfunctions,cloudformation]==5.2.1",
+        allow_module_level=True,
+    )
+
+from moto import mock_aws
+from moto.awslambda.models import LambdaBackend
+from moto.glue.models import FakeJob, glue_backends
+from moto.s3.models import s3_backends
+from moto.stepfunctions.models import StateMachine
+from moto.stepfunctions.parser import models as stepfunctions_models
+from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
+from cdc_pipeline.plan import WorkItem
+
+from .conftest import REGION, SOURCE_DATABASE
+from .fakes import create_source_tables, ingest_succeeded, registry_csv
+from .test_state_machine import FakeContext, _CopySharingExecutions, _fix_moto_interrupt_all, load_handler
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+TOOLS_PYTHON = ROOT / ".venv-tools" / "sam" / "bin" / "python"
+STACK = "cdc-pipeline"
+PACKAGING_BUCKET = "sam-packaging-test"
+LANDING_BUCKET = "landing"
+MAX_CONCURRENCY = 7  # not the default (20): the definition must carry the parameter's value
+
+# Logical id -> why it is removed before create_stack (see the module docstring).
+NO_MOTO_MODEL = "moto 5.2.1 has no CloudFormation model for this type"
+DROPPED_RESOURCES = {
+    "AccessLogsBucketPolicy": NO_MOTO_MODEL,
+    "StateBucketPolicy": NO_MOTO_MODEL,
+    "OutputBucketPolicy": NO_MOTO_MODEL,
+    "ArtifactsBucketPolicy": NO_MOTO_MODEL,
+    "RunSchedule": NO_MOTO_MODEL,
+    "ExecutionsFailedAlarm": NO_MOTO_MODEL,
+    "AlarmEmailSubscription": NO_MOTO_MODEL,
+    "Dashboard": "its body GetAtt's ExecutionsFailedAlarm.Arn, which moto cannot create",
+}
+DROPPED_OUTPUTS = {"DashboardUrl": "refers to the dropped Dashboard"}
+
+
+# ---------------------------------------------------------------- the SAM transform, offline
+
+
+class _CfnYamlLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short-form intrinsics (!Ref, !Sub, !GetAtt a.b, ...)."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix in ("Ref", "Condition"):
+        return {suffix: value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_CfnYamlLoader.add_multi_constructor("!", _intrinsic)
+
+_TRANSLATE = """
+import json, sys
+import boto3
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+
+session = boto3.session.Session(region_name=sys.argv[1])
+translator = Translator(None, Parser(), plugins=[], boto_session=session)
+cloudformation = translator.translate(json.load(sys.stdin), parameter_values={}, get_managed_policy_map=dict)
+json.dump(cloudformation, sys.stdout)
+"""
+
+
+def sam_transform(sam_template: dict[str, Any]) -> dict[str, Any]:
+    """AWS::Serverless-2016-10-31 -> plain CloudFormation, offline (what ``sam validate`` runs).
+
+    In this interpreter when samtranslator is installed; else with the tools environment's Python.
+    No managed policy is named by the template, so the policy map (an IAM call) is never needed.
+    """
+    if importlib.util.find_spec("samtranslator") is not None:
+        import boto3
+        from samtranslator.parser.parser import Parser
+        from samtranslator.translator.translator import Translator
+
+        session = boto3.session.Session(region_name=REGION)
+        translator = Translator(None, Parser(), plugins=[], boto_session=session)
+        return translator.translate(
+            copy.deepcopy(sam_template), parameter_values={}, get_managed_policy_map=dict
+        )
+    if not TOOLS_PYTHON.exists():
+        pytest.skip(
+            "the SAM transform needs samtranslator: add aws-sam-translator==1.115.0 (the version "
+            "aws-sam-cli 1.170.0 pins) to the dev dependencies, or run scripts/check_templates.sh "
+            "first to create .venv-tools/sam"
+        )
+    done = subprocess.run(
+        [str(TOOLS_PYTHON), "-c", _TRANSLATE, REGION],
+        input=json.dumps(sam_template),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@dataclass
+class Packaged:
+    """What ``sam package`` leaves: the CloudFormation template and the artifacts it points at."""
+
+    template: dict[str, Any]
+    artifacts: dict[str, bytes]  # key in PACKAGING_BUCKET -> body
+    handlers: dict[str, Path]  # logical id of each function -> its handler's source file
+    schedule_input: dict[str, Any]  # what the dropped RunSchedule would start each run with
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, body in files.items():
+            archive.writestr(name, body)
+    return buffer.getvalue()
+
+
+def package() -> Packaged:
+    sam = yaml.load(TEMPLATE.read_text(), Loader=_CfnYamlLoader)  # a SafeLoader subclass
+    default_handler = sam.get("Globals", {}).get("Function", {}).get("Handler")
+    artifacts: dict[str, bytes] = {}
+    handlers: dict[str, Path] = {}
+    for name, resource in sam["Resources"].items():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::Function":
+            module = str(properties.get("Handler", default_handler)).rsplit(".", 1)[0]
+            source = ROOT / properties["CodeUri"] / f"{module}.py"
+            handlers[name] = source
+            artifacts[f"{name}.zip"] = _zip({source.name: source.read_bytes()})
+            properties["CodeUri"] = f"s3://{PACKAGING_BUCKET}/{name}.zip"
+        elif resource["Type"] == "AWS::Serverless::LayerVersion":
+            artifacts[f"{name}.zip"] = _zip({"python/README": b"dummy layer"})
+            properties["ContentUri"] = f"s3://{PACKAGING_BUCKET}/{name}.zip"
+        elif resource["Type"] == "AWS::Serverless::StateMachine":
+            key = Path(properties["DefinitionUri"]).name
+            artifacts[key] = (ROOT / properties["DefinitionUri"]).read_bytes()  # uploaded as is
+            properties["DefinitionUri"] = f"s3://{PACKAGING_BUCKET}/{key}"
+    schedule_input = json.loads(sam["Resources"]["RunSchedule"]["Properties"]["Target"]["Input"])
+    return Packaged(sam_transform(sam), artifacts, handlers, schedule_input)
+
+
+# ---------------------------------------------------------------- what moto's CloudFormation lacks
+
+
+@dataclass
+class _CreatedByTest:
+    """A resource made by one of this test's models: Ref gives its name, as in CloudFormation."""
+
+    physical_resource_id: str
+
+    def is_created(self) -> bool:
+        return True
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        raise NotImplementedError(f"GetAtt {attribute_name} of a test-created resource")
+
+
+class _GlueDatabaseModel:
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::Glue::Database"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return ""
+
+    @classmethod
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
+        database_input = dict(cloudformation_json["Properties"]["DatabaseInput"])
+        name = database_input.setdefault("Name", resource_name)
+        glue_backends[account_id][region_name].create_database(name, database_input)
+        return _CreatedByTest(name)
+
+
+class _GlueSecurityConfigurationModel:
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::Glue::SecurityConfiguration"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "Name"
+
+    @classmethod
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
+        configuration = cloudformation_json["Properties"]["EncryptionConfiguration"]
+        glue_backends[account_id][region_name].create_security_configuration(resource_name, configuration)
+        return _CreatedByTest(resource_name)
+
+
+class _GlueJobModel:
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::Glue::Job"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "Name"
+
+    @classmethod
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
+        p = cloudformation_json["Properties"]
+        glue_backends[account_id][region_name].create_job(
+            name=resource_name,
+            role=p["Role"],
+            command=p["Command"],
+            description=p.get("Description"),
+            log_uri=p.get("LogUri"),
+            execution_property=p.get("ExecutionProperty", {"MaxConcurrentRuns": 1}),
+            default_arguments=p.get("DefaultArguments", {}),
+            non_overridable_arguments=p.get("NonOverridableArguments", {}),
+            connections=p.get("Connections", {}),
+            max_retries=p.get("MaxRetries"),
+            allocated_capacity=p.get("AllocatedCapacity"),
+            timeout=p.get("Timeout"),
+            max_capacity=p.get("MaxCapacity"),
+            security_configuration=p.get("SecurityConfiguration"),
+            tags={},
+            notification_property=p.get("NotificationProperty"),
+            glue_version=p.get("GlueVersion"),
+            number_of_workers=p.get("NumberOfWorkers"),
+            worker_type=p.get("WorkerType"),
+            code_gen_configuration_nodes={},
+            execution_class=p.get("ExecutionClass"),
+            source_control_details={},
+        )
+        return _CreatedByTest(resource_name)
+
+
+TEST_MODELS = (_GlueDatabaseModel, _GlueSecurityConfigurationModel, _GlueJobModel)
+
+
+def _create_state_machine_as_cloudformation_does(
+    cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+):
+    """AWS::StepFunctions::StateMachine with DefinitionS3Location and DefinitionSubstitutions."""
+    properties = cloudformation_json["Properties"]
+    if "DefinitionString" in properties:
+        text = properties["DefinitionString"]
+    elif "Definition" in properties:
+        text = json.dumps(properties["Definition"])
+    else:
+        location = properties["DefinitionS3Location"]
+        s3_object = s3_backends[account_id]["aws"].get_object(
+            location["Bucket"], location["Key"], version_id=location.get("Version")
+        )
+        text = s3_object.value.decode()
+    for name, value in properties.get("DefinitionSubstitutions", {}).items():
+        text = text.replace("${" + name + "}", str(value).lower() if isinstance(value, bool) else str(value))
+    return stepfunctions_parser_backends[account_id][region_name].create_state_machine(
+        name=properties.get("StateMachineName", resource_name),
+        definition=text,
+        roleArn=properties["RoleArn"],
+        tags=[{"key": tag["Key"], "value": tag["Value"]} for tag in properties.get("Tags", [])],
+    )
+
+
+def _teach_moto_cloudformation(monkeypatch: pytest.MonkeyPatch) -> None:
+    models = cfn_parsing.get_model_map()
+    missing = {
+        model.cloudformation_type(): model
+        for model in TEST_MODELS
+        if model.cloudformation_type() not in models
+    }
+    names = cfn_parsing.get_name_type_map()
+    monkeypatch.setattr(cfn_parsing, "get_model_map", lambda: {**models, **missing})
+    monkeypatch.setattr(
+        cfn_parsing,
+        "get_name_type_map",
+        lambda: {**names, **{kind: model.cloudformation_name_type() for kind, model in missing.items()}},
+    )
+    monkeypatch.setattr(
+        StateMachine,
+        "create_from_cloudformation_json",
+        classmethod(_create_state_machine_as_cloudformation_does),
+    )
+
+
+# ---------------------------------------------------------------- the deployed stack
+
+
+class Deployment:
+    """The stack in moto, its outputs, and the real handlers behind its two functions."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, boto_session: Any, packaged: Packaged) -> None:
+        self.s3 = boto_session.client("s3")
+        self.glue = boto_session.client("glue")
+        self.sfn = boto_session.client("stepfunctions")
+        self.cloudformation = boto_session.client("cloudformation")
+        self.awslambda = boto_session.client("lambda")
+        self.packaged = packaged
+        self.job_runs: list[tuple[str, dict[str, str]]] = []
+
+        for bucket in (PACKAGING_BUCKET, LANDING_BUCKET):
+            self.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+        for key, body in packaged.artifacts.items():
+            self.s3.put_object(Bucket=PACKAGING_BUCKET, Key=key, Body=body)
+        # The source catalog is not the stack's: it exists before the deployment.
+        self.glue.create_database(DatabaseInput={"Name": SOURCE_DATABASE})
+
+        template = copy.deepcopy(packaged.template)
+        for name in DROPPED_RESOURCES:
+            del template["Resources"][name]
+        for name in DROPPED_OUTPUTS:
+            del template["Outputs"][name]
+        self.template = template
+        self.cloudformation.create_stack(
+            StackName=STACK,
+            TemplateBody=json.dumps(template),
+            Parameters=[
+                {"ParameterKey": key, "ParameterValue": value}
+                for key, value in {
+                    "SourceDatabase": SOURCE_DATABASE,
+                    "SourceDataLocation": f"s3://{LANDING_BUCKET}/raw/",
+                    "RegistryPrefix": f"s3://{LANDING_BUCKET}/registry/",
+                    "MaxConcurrency": str(MAX_CONCURRENCY),
+                }.items()
+            ],
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+        )
+        stack = self.cloudformation.describe_stacks(StackName=STACK)["Stacks"][0]
+        self.status = stack["StackStatus"]
+        self.outputs = {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
+        self.resources = {
+            resource["LogicalResourceId"]: resource
+            for resource in self.cloudformation.describe_stack_resources(StackName=STACK)["StackResources"]
+        }
+        self.storage = S3Storage(client=self.s3)
+        self.state = S3StateStore(self.outputs["StateLocation"], client=self.s3)
+
+        # Each function's real handler, loaded and invoked with the environment moto holds for it.
+        self.functions: dict[str, tuple[Callable[..., Any], dict[str, str]]] = {}
+        for logical_id, source in packaged.handlers.items():
+            configuration = self.awslambda.get_function_configuration(
+                FunctionName=self.resources[logical_id]["PhysicalResourceId"]
+            )
+            environment = {
+                key: str(value) for key, value in configuration["Environment"]["Variables"].items()
+            }
+            environment["POWERTOOLS_TRACE_DISABLED"] = "true"  # no X-Ray daemon here
+            with mock.patch.dict(os.environ, environment):
+                handler = load_handler(source, f"stack_{logical_id}").lambda_handler
+            for key in (configuration["FunctionArn"], configuration["FunctionName"]):
+                self.functions[key] = (handler, environment)
+        monkeypatch.setattr(LambdaBackend, "invoke", self._invoke_lambda)
+
+        original_start = FakeJob.start_job_run
+
+        def start_job_run(job: FakeJob, *args: Any, **kwargs: Any) -> str:
+            arguments = kwargs["arguments"]
+            self.job_runs.append((job.name, arguments))
+            ingest_succeeded(self.storage, WorkItem.from_json(json.loads(arguments["--work_item"])))
+            return original_start(job, *args, **kwargs)
+
+        monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
+
+    def _invoke_lambda(self, function_name, qualifier, body, headers, response_headers) -> bytes:
+        handler, environment = self.functions[function_name]
+        with mock.patch.dict(os.environ, environment):
+            try:
+                result = handler(json.loads(body or "{}"), FakeContext(function_name=function_name))
+            except Exception as exc:  # an unhandled error: the state machine's Retry/Catch see it
+                response_headers["x-amz-function-error"] = "Unhandled"
+                return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        return json.dumps(result).encode()
+
+    def land(self, tables: list[str]) -> None:
+        create_source_tables(self.glue, SOURCE_DATABASE, tables, bucket=LANDING_BUCKET)
+        self.s3.put_object(
+            Bucket=LANDING_BUCKET, Key="registry/tables.csv", Body=registry_csv(tables).encode()
+        )
+
+    def run(self, run_input: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.outputs["StateMachineArn"], name="stack-run-1", input=json.dumps(run_input)
+        )["executionArn"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            execution = self.sfn.describe_execution(executionArn=arn)
+            if execution["status"] != "RUNNING":
+                return execution
+            time.sleep(0.1)
+        raise AssertionError(f"execution {arn} still running after {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def packaged() -> Packaged:
+    return package()
+
+
+@pytest.fixture
+def deployment(
+    monkeypatch: pytest.MonkeyPatch, boto_session: Any, packaged: Packaged
+) -> Iterator[Deployment]:
+    _fix_moto_interrupt_all()
+    monkeypatch.setattr(stepfunctions_models, "copy", _CopySharingExecutions)
+    _teach_moto_cloudformation(monkeypatch)
+    # Lambda's default (Docker) backend: moto's CloudFormation creates functions only there, never in
+    # the simple backend that {"lambda": {"use_docker": False}} selects. No container ever starts:
+    # LambdaBackend.invoke is replaced by the dispatch to the real handlers.
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        yield Deployment(monkeypatch, boto_session, packaged)
+
+
+def test_only_the_documented_resources_are_dropped(packaged: Packaged) -> None:
+    resources = packaged.template["Resources"]
+    moto_models = cfn_parsing.get_model_map()
+    for name, reason in DROPPED_RESOURCES.items():
+        assert name in resources, f"{name} is no longer in the template: stop dropping it"
+        if reason == NO_MOTO_MODEL:
+            assert resources[name]["Type"] not in moto_models, (
+                f"moto now has a CloudFormation model for {resources[name]['Type']}: stop dropping {name}"
+            )
+    assert set(DROPPED_OUTPUTS) <= set(packaged.template["Outputs"])
+
+
+def test_the_stack_is_created_with_the_state_machine_its_substitutions_describe(deployment) -> None:
+    assert deployment.status == "CREATE_COMPLETE"
+    expected = set(deployment.template["Resources"]) - {
+        name
+        for name, resource in deployment.template["Resources"].items()
+        if resource.get("Condition") == "HasAlarmEmail"
+    }
+    assert set(deployment.resources) == expected
+    assert {resource["ResourceStatus"] for resource in deployment.resources.values()} == {"CREATE_COMPLETE"}
+    outputs = deployment.outputs
+    assert set(outputs) == set(deployment.template["Outputs"])
+    assert outputs["IngestJobName"] == f"{STACK}-ingest-table"
+    assert outputs["OutputDatabaseName"] == "cdc_current"
+
+    definition_text = deployment.sfn.describe_state_machine(stateMachineArn=outputs["StateMachineArn"])[
+        "definition"
+    ]
+    assert "${" not in definition_text
+    definition = json.loads(definition_text)
+    states = definition["States"]
+    plan_arn = deployment.awslambda.get_function(
+        FunctionName=deployment.resources["PlanFunction"]["PhysicalResourceId"]
+    )["Configuration"]["FunctionArn"]
+    commit_arn = deployment.awslambda.get_function(
+        FunctionName=deployment.resources["CommitFunction"]["PhysicalResourceId"]
+    )["Configuration"]["FunctionArn"]
+    assert states["PlanRun"]["Parameters"]["FunctionName"] == plan_arn
+    assert states["CommitRun"]["Parameters"]["FunctionName"] == commit_arn
+    ingest = states["IngestTables"]
+    assert ingest["MaxConcurrency"] == MAX_CONCURRENCY  # the unquoted placeholder became a number
+    assert (
+        ingest["ItemProcessor"]["States"]["IngestTable"]["Parameters"]["JobName"] == outputs["IngestJobName"]
+    )
+    assert ingest["ResultWriter"]["Parameters"] == {
+        "Bucket": outputs["StateBucketName"],
+        "Prefix": "state/map-results",
+    }
+    job = deployment.glue.get_job(JobName=outputs["IngestJobName"])["Job"]
+    assert job["ExecutionProperty"]["MaxConcurrentRuns"] == MAX_CONCURRENCY
+    assert job["SecurityConfiguration"] == f"{STACK}-ingest"
+    assert job["DefaultArguments"]["--extra-py-files"] == outputs["GlueExtraPyFilesLocation"]
+
+
+def test_a_scheduled_run_of_the_deployed_state_machine_commits_every_table(deployment) -> None:
+    tables = ["customers", "orders", "payments"]
+    deployment.land(tables)
+
+    execution = deployment.run(deployment.packaged.schedule_input)
+
+    assert execution["status"] == "SUCCEEDED", execution
+    commit = json.loads(execution["output"])["commit"]
+    assert (commit["succeeded_count"], commit["failed_count"]) == (3, 0)
+    ingested = sorted(json.loads(arguments["--work_item"])["table"] for _, arguments in deployment.job_runs)
+    assert ingested == tables
+    assert {job for job, _ in deployment.job_runs} == {deployment.outputs["IngestJobName"]}
+    state, _ = deployment.state.read()
+    assert state.revision == 1
+    assert sorted(state.tables) == tables
+    for table in tables:
+        assert state.tables[table].location.startswith(deployment.outputs["OutputLocation"] + "/")
+        registered = deployment.glue.get_table(
+            DatabaseName=deployment.outputs["OutputDatabaseName"], Name=table
+        )
+        assert (
+            registered["Table"]["StorageDescriptor"]["Location"].rstrip("/") == state.tables[table].location
+        )
