@@ -18,11 +18,12 @@ demo: setup
 	$(PY) -m cdc_pipeline.demo --workdir demo-data
 
 test: setup
+	$(PY) -m ruff check cdc_pipeline lambdas glue_jobs tests benchmarks
 	$(PY) -m pytest
 	bash scripts/check_templates.sh
 
 lint: setup
-	$(PY) -m ruff check cdc_pipeline tests benchmarks
+	$(PY) -m ruff check cdc_pipeline lambdas glue_jobs tests benchmarks
 	$(PY) -m mypy
 
 bench: setup
@@ -45,16 +46,17 @@ check-templates:
 
 # One build of the cdc_pipeline package for both runtimes: the Lambdas' SharedLayer
 # (build/layer/python/) and the Glue job's --extra-py-files zip (build/cdc_pipeline.zip). The layer
-# also carries boto3 at the version the tests run: the Lambda runtime's bundled boto3 may predate
-# S3 conditional writes (PutObject IfMatch / IfNoneMatch), which the commit's compare-and-swap needs.
-layer: setup
+# also carries a current boto3: the Lambda runtime's bundled one may predate S3 conditional writes
+# (PutObject IfMatch / IfNoneMatch), which the commit's compare-and-swap needs.
+# Plain python3: deploying needs neither the dev virtualenv nor Java.
+layer:
 	rm -rf build/layer build/cdc_pipeline.zip
-	$(PY) -c "import shutil; shutil.copytree('cdc_pipeline', '$(LAYER)/cdc_pipeline', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))"
-	$(PY) -m pip install --quiet --target $(LAYER) "boto3==$$($(PY) -c 'import boto3; print(boto3.__version__)')"
-	cd $(LAYER) && $(abspath $(PY)) -m zipfile -c ../../cdc_pipeline.zip cdc_pipeline
+	python3 -c "import shutil; shutil.copytree('cdc_pipeline', '$(LAYER)/cdc_pipeline', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))"
+	python3 -m pip install --quiet --target $(LAYER) "boto3>=1.36"
+	cd $(LAYER) && python3 -m zipfile -c ../../cdc_pipeline.zip cdc_pipeline
 
 deploy: check-templates layer
 	$(SAM) build
-	$(SAM) deploy --stack-name $(STACK) $(if $(wildcard samconfig.toml),,--guided)
+	$(SAM) deploy --stack-name $(STACK) --no-fail-on-empty-changeset $(if $(wildcard samconfig.toml),,--guided)
 	aws s3 cp glue_jobs/ingest_table.py "$$($(call stack_output,GlueScriptLocation))"
 	aws s3 cp build/cdc_pipeline.zip "$$($(call stack_output,GlueExtraPyFilesLocation))"

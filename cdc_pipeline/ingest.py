@@ -7,6 +7,7 @@ locations and publishes nothing: the commit stage does that for all tables at on
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,25 +161,44 @@ def _ingest(
 
 
 def read_source(spark: SparkSession, item: WorkItem) -> DataFrame:
-    """The raw table: Parquet with its own schema; CSV and JSON with the catalog's columns as schema
-    (DMS writes header-less CSV, so only the catalog knows the column names)."""
+    """The raw table: Parquet with its own schema; CSV and JSON with the catalog's columns (DMS writes
+    header-less CSV, so only the catalog knows the column names)."""
     if item.format not in READERS:
         raise TableError(
             item.table,
             f"format {item.format!r} is not supported; the source must be Parquet, CSV or JSON",
         )
     reader = spark.read.options(**item.read_options)
+    if item.format != "parquet" and not item.columns:
+        raise TableError(item.table, f"the catalog gives no columns for this {item.format} table")
     if item.format == "parquet":
         # Merge every file's schema: a column that only newer files carry must not be dropped.
         reader = reader.option("mergeSchema", "true")
-    else:
-        if not item.columns:
-            raise TableError(item.table, f"the catalog gives no columns for this {item.format} table")
-        reader = reader.schema(", ".join(f"`{c['name']}` {c['type']}" for c in item.columns))
+    elif item.format == "csv":
+        reader = reader.schema(", ".join(f"`{c['name']}` {_spark_type(c['type'])}" for c in item.columns))
     if not item.partition_keys:
         # Landing zones nest files in date folders (2024/05/01/...) that are not key=value partitions.
         reader = reader.option("recursiveFileLookup", "true")
-    return reader.format(item.format).load(item.location)
+    df = reader.format(item.format).load(item.location)
+    return _json_as_catalog(df, item) if item.format == "json" else df
+
+
+def _json_as_catalog(df: DataFrame, item: WorkItem) -> DataFrame:
+    """JSON keys matched to the catalog's columns case-insensitively, as Athena's JSON SerDes do
+    (Spark's reader given a schema would match them exactly and read NULL for ``customerId``)."""
+    by_lower = {name.lower(): name for name in df.columns}
+    columns = [
+        (col(by_lower[c["name"].lower()]) if c["name"].lower() in by_lower else F.lit(None))
+        .cast(_spark_type(c["type"]))
+        .alias(c["name"])
+        for c in item.columns
+    ]
+    return df.select(*columns, *(col(key) for key in item.partition_keys if key in df.columns))
+
+
+def _spark_type(catalog_type: str) -> str:
+    # Spark refuses char(n)/varchar(n) in a read schema; Hive and Athena read them as strings.
+    return re.sub(r"\b(?:var)?char\s*\(\s*\d+\s*\)", "string", catalog_type, flags=re.IGNORECASE)
 
 
 READERS = frozenset({"parquet", "csv", "json"})

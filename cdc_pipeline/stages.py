@@ -11,7 +11,6 @@ import logging
 
 from cdc_pipeline.catalog import Catalog, OutputCatalog, PublishedTable
 from cdc_pipeline.commit import CommitReport, commit_run
-from cdc_pipeline.manifest import Manifest
 from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
 from cdc_pipeline.registry import RegistrySource, load_registry
 from cdc_pipeline.state import StateStore
@@ -75,12 +74,14 @@ def commit_stage(
     """
     report = commit_run(plan, state_store, storage, failures=failures, retained_snapshots=retained_snapshots)
     storage.write_json(layout.report(plan.run_id), report.to_json())
-    published = []
-    items = {item.table: item for item in plan.items}
-    for outcome in report.outcomes:
-        if outcome.status != "succeeded" or outcome.location is None:
-            continue
-        manifest = Manifest.from_json(storage.read_json(items[outcome.table].manifest_location) or {})
-        published.append(PublishedTable(outcome.table, outcome.location, manifest.schema, plan.run_id))
-    output_catalog.publish(published)
+    # A table whose snapshot did not move (nothing new to append) keeps its catalog entry.
+    output_catalog.publish(
+        [
+            PublishedTable(outcome.table, outcome.location, outcome.columns, plan.run_id)
+            for outcome in report.outcomes
+            if outcome.status == "succeeded"
+            and outcome.location
+            and outcome.location != outcome.previous_location
+        ]
+    )
     return report

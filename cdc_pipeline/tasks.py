@@ -24,6 +24,8 @@ from cdc_pipeline.storage import Storage
 
 logger = logging.getLogger(__name__)
 
+MAX_NAMED_FAILURES = 50
+
 
 def plan_task(
     event: dict[str, Any],
@@ -92,14 +94,27 @@ def map_failures(map_result: dict[str, Any], storage: Storage) -> dict[str, str]
     return failures
 
 
+def failure_text(error: str, cause: str) -> str:
+    """``Error: Cause`` of a child; a Glue .sync Cause is the JobRun as JSON: keep its ErrorMessage."""
+    try:
+        run = json.loads(cause)
+    except (TypeError, ValueError):
+        run = None
+    if isinstance(run, dict) and run.get("ErrorMessage"):
+        cause = str(run["ErrorMessage"])
+    return f"{error}: {cause}".strip()
+
+
 def _child_failure(child: dict[str, Any]) -> tuple[str | None, str | None]:
     output = json.loads(child["Output"]) if child.get("Output") else {}
     if output.get("status") == "FAILED":
         error = output.get("error") or {}
-        return output.get("table"), f"{error.get('Error', 'error')}: {error.get('Cause', '')}".strip()
+        return output.get("table"), failure_text(error.get("Error", "error"), error.get("Cause", ""))
     if child.get("Status") != "SUCCEEDED":
         table = json.loads(child.get("Input") or "{}").get("table")
-        return table, f"{child.get('Error', child.get('Status'))}: {child.get('Cause', '')}".strip()
+        return table, failure_text(
+            str(child.get("Error") or child.get("Status")), str(child.get("Cause") or "")
+        )
     return None, None
 
 
@@ -132,7 +147,8 @@ def commit_task(
         "revision": report.revision,
         "succeeded_count": len(succeeded),
         "failed_count": len(report.failed),
-        "failed_tables": [o.table for o in report.failed],
+        # Capped: the state machine's payload limit is 256 KiB; the report names every table.
+        "failed_tables": [o.table for o in report.failed][:MAX_NAMED_FAILURES],
         "rows_read": sum(o.rows_read or 0 for o in succeeded),
         "rows_written": sum(o.rows_written or 0 for o in succeeded),
         "report_location": layout.report(report.run_id),

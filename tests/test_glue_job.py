@@ -159,3 +159,48 @@ def test_glue_entrypoint_script_ingests_a_work_item_as_glue_invokes_it(tmp_path)
     manifest = LocalStorage().read_json(item.manifest_location)
     assert manifest is not None
     assert manifest["rows_written"] == 1
+
+
+def test_json_keys_match_catalog_columns_case_insensitively_and_varchar_reads_as_string(
+    tmp_path, spark
+) -> None:
+    source = tmp_path / "raw" / "crm"
+    source.mkdir(parents=True)
+    # Crawlers lower-case column names; the application wrote camelCase keys.
+    lines = [{"customerId": 7, "FullName": "ada", "updatedAt": "2026-01-01T00:00:00Z"}]
+    (source / "part-0.json").write_text("\n".join(json.dumps(line) for line in lines))
+    columns = (
+        Column("customerid", "bigint"),
+        Column("fullname", "varchar(64)"),
+        Column("updatedat", "timestamp"),
+    )
+    item = plan_one(
+        tmp_path,
+        CatalogTable("crm", str(source), "json", columns),
+        "table_name,primary_key,watermark_column\ncrm,customerid,updatedat\n",
+    )
+
+    manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
+
+    assert (manifest.rows_read, manifest.rows_set_aside) == (1, 0)
+    assert [r[:2] for r in rows(manifest.output_location)] == [(7, "ada")]
+    assert manifest.watermark_after == "2026-01-01T00:00:00.000000Z"
+
+
+def test_csv_varchar_columns_read_as_strings(tmp_path, spark) -> None:
+    source = tmp_path / "raw" / "people"
+    source.mkdir(parents=True)
+    (source / "part-0.csv").write_text(DMS_CSV)
+    columns = (
+        Column("Op", "char(1)"),
+        Column("id", "bigint"),
+        Column("name", "varchar(32)"),
+        Column("updated_at", "timestamp"),
+    )
+    item = plan_one(
+        tmp_path, CatalogTable("people", str(source), "csv", columns), "table_name,primary_key\npeople,id\n"
+    )
+
+    manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
+
+    assert manifest.rows_written == 2

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+
+from cdc_pipeline.tasks import failure_text
 
 TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
 Say = Callable[[str, str], None]
@@ -64,4 +66,4 @@ def _report_children(sfn: Any, map_run_arn: str, reported: set[str], say: Say) -
                         "Error": detail.get("error", status),
                         "Cause": detail.get("cause", ""),
                     }
-                    say(table, f"FAILED: {error.get('Error', status)} {error.get('Cause', '')}".rstrip())
+                    say(table, f"FAILED: {failure_text(error.get('Error', status), error.get('Cause', ''))}")

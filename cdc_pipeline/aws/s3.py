@@ -117,7 +117,8 @@ class S3Storage:
     def write_json(self, location: str, data: Any) -> None:
         """Write any JSON value (an object, or an array such as a Map's item list) at ``location``."""
         bucket, key = _object_key(location)
-        body = json.dumps(data, indent=2, sort_keys=True).encode()
+        # Compact: a 10,000-table plan is tens of MB, and the Plan Lambda holds it in memory.
+        body = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
         except ClientError as exc:

@@ -45,7 +45,10 @@ def registry_csv(names: list[str]) -> str:
 
 
 def ingest_succeeded(
-    storage: S3Storage, item: WorkItem, watermark_after: str = "2026-11-01T00:00:00.000001Z"
+    storage: S3Storage,
+    item: WorkItem,
+    watermark_after: str = "2026-11-01T00:00:00.000001Z",
+    output_location: str | None = None,
 ) -> None:
     """What the Glue job leaves when a table's ingest succeeds: its manifest (the snapshot is not read)."""
     manifest = Manifest(
@@ -66,7 +69,7 @@ def ingest_succeeded(
             {"name": "name", "type": "string"},
             {"name": "updated_at", "type": "timestamp"},
         ],
-        output_location=item.output_location,
+        output_location=output_location or item.output_location,
         quarantine_location=None,
         started_at="2026-11-01T00:00:00+00:00",
         duration_s=1.0,

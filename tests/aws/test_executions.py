@@ -90,6 +90,6 @@ def test_follow_reports_each_table_once_as_it_finishes_and_returns_the_final_sta
     assert final["status"] == "FAILED"
     assert lines == [
         "customers: ingested",
-        "orders: FAILED: States.TaskFailed bad file",
-        "payments: FAILED: States.Timeout child timed out",
+        "orders: FAILED: States.TaskFailed: bad file",
+        "payments: FAILED: States.Timeout: child timed out",
     ]

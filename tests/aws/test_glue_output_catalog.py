@@ -162,7 +162,9 @@ def test_a_table_created_by_a_concurrent_publisher_is_updated_instead(offline_gl
     stubber = Stubber(offline_glue_client)
     stubber.add_client_error("update_table", service_error_code="EntityNotFoundException")
     stubber.add_client_error("create_table", service_error_code="AlreadyExistsException")
-    stubber.add_response("update_table", {}, {"DatabaseName": "current", "TableInput": ANY})
+    stubber.add_response(
+        "update_table", {}, {"DatabaseName": "current", "TableInput": ANY, "SkipArchive": True}
+    )
 
     with stubber:
         GlueOutputCatalog("current", offline_glue_client).publish([_orders(SNAPSHOT_1, "run-1")])

@@ -12,7 +12,7 @@ from cdc_pipeline.aws.s3 import S3RegistrySource, S3StateStore, S3Storage
 from cdc_pipeline.errors import ConfigurationError
 from cdc_pipeline.plan import WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
-from cdc_pipeline.tasks import commit_task, map_failures, plan_task
+from cdc_pipeline.tasks import commit_task, failure_text, map_failures, plan_task
 
 from .fakes import create_source_tables, ingest_succeeded, registry_csv
 
@@ -199,3 +199,57 @@ def write_map_results(deployment: dict[str, Any], groups: dict[str, list[dict]])
         "MapRunArn": "arn:map",
         "ResultWriterDetails": {"Bucket": bucket, "Key": f"{prefix}/manifest.json"},
     }
+
+
+def test_a_table_whose_snapshot_did_not_move_keeps_its_catalog_entry(deployment) -> None:
+    first = deployment["plan"]({})
+    for item in items_of(deployment, first):
+        ingest_succeeded(deployment["storage"], item)
+    deployment["commit"]({"plan": first, "map_result": {}})
+    second = deployment["plan"]({})
+    state, _ = deployment["state"].read()
+    for item in items_of(deployment, second):
+        # Nothing new for orders: its ingest keeps the current snapshot (no rewrite).
+        keep = state.tables[item.table].location if item.table == "orders" else None
+        ingest_succeeded(deployment["storage"], item, output_location=keep)
+
+    deployment["commit"]({"plan": second, "map_result": {}})
+
+    def catalog_run_id(table: str) -> str:
+        found = deployment["glue"].get_table(DatabaseName="current", Name=table)["Table"]
+        return found["Parameters"]["cdc_pipeline.run_id"]
+
+    assert catalog_run_id("orders") == first["run_id"]
+    assert catalog_run_id("customers") == second["run_id"]
+
+
+def test_the_result_names_at_most_fifty_failed_tables_and_the_report_all(
+    deployment, glue_client, s3_client
+) -> None:
+    many = [f"t{n:03d}" for n in range(60)]
+    create_source_tables(glue_client, "raw", many)
+    s3_client.put_object(
+        Bucket=deployment["bucket"], Key="registry/tables-2.csv", Body=registry_csv(many).encode()
+    )
+    planned = deployment["plan"]({"tables": many})
+
+    result = deployment["commit"]({"plan": planned, "map_result": {}})
+
+    assert result["failed_count"] == 60
+    assert len(result["failed_tables"]) == 50
+    report = deployment["storage"].read_json(result["report_location"])
+    assert sum(t["status"] == "failed" for t in report["tables"]) == 60
+
+
+def test_a_glue_failure_shows_the_job_runs_error_message_not_the_whole_job_run() -> None:
+    cause = json.dumps(
+        {
+            "Id": "jr_1",
+            "JobRunState": "FAILED",
+            "ErrorMessage": "table 'orders': bad file",
+            "Arguments": {"--work_item": "{...}"},
+        }
+    )
+
+    assert failure_text("States.TaskFailed", cause) == "States.TaskFailed: table 'orders': bad file"
+    assert failure_text("States.Timeout", "child timed out") == "States.Timeout: child timed out"
