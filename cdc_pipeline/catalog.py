@@ -106,6 +106,8 @@ class LocalCatalog:
         import pyarrow.parquet as pq
 
         location = self.source_dir / name
+        if not location.is_dir():
+            raise TableError(name, f"no table folder {location}; the source holds {self.table_names()}")
         files = self.data_files(location)
         partition_keys = _partition_keys(name, location, files)
         if not files:

@@ -21,9 +21,9 @@ from cdc_pipeline.state import HISTORY_DIR, LocalStateStore, StateStore
 from cdc_pipeline.storage import LocalStorage, Storage
 
 # The AWS fixtures (fake credentials for every test, the moto bucket) are shared with tests/aws.
-from tests.aws.conftest import aws, boto_session, bucket, fake_aws_environment, s3_client
+from tests.aws.conftest import aws, boto_session, bucket, fake_aws_environment, glue_client, s3_client
 
-__all__ = ["aws", "boto_session", "bucket", "fake_aws_environment", "s3_client"]
+__all__ = ["aws", "boto_session", "bucket", "fake_aws_environment", "glue_client", "s3_client"]
 
 IMPLEMENTATIONS = ["local", "s3"]
 
