@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdc_pipeline.cli import main as cli_main
+from cdc_pipeline.state import LocalStateStore
 
 REGISTRY = """table_name,primary_key,watermark_column,sequence_column,delete_column,delete_values,lookback
 customers,customer_id,updated_at,,Op,D,PT15M
@@ -172,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, cli_main(["run", *common]))
     print("\n=== committed state ===", flush=True)
     cli_main(["status", "--state", str(args.workdir / "state")])
-    print(
-        f"\nSnapshots are under {args.workdir / 'current'}; query one with DuckDB, e.g.\n"
-        f"  duckdb -c \"select * from read_parquet('<location>/*.parquet')\""
-    )
+    state, _ = LocalStateStore(args.workdir / "state").read()
+    query = f"select * from read_parquet('{state.tables['customers'].location}/*.parquet') limit 5"
+    command = f'.venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"'
+    print(f"\nQuery a snapshot with DuckDB:\n  {command}")
     return worst
 
 
