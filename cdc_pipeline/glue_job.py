@@ -27,15 +27,25 @@ logger = logging.getLogger(__name__)
 
 
 def parse_work_item(argv: Sequence[str]) -> WorkItem:
+    """The work item the job arguments name: ``--work_item_location`` (what the state machine
+    passes: the item's JSON file) or ``--work_item`` (the item itself, for a run by hand)."""
     parser = argparse.ArgumentParser(prog="ingest_table", add_help=False)
-    parser.add_argument("--work_item", required=True, help="the work item as JSON (States.JsonToString)")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--work_item_location", help="where the plan wrote the item (s3:// or a path)")
+    given.add_argument("--work_item", help="the work item as JSON")
     args, _glue_arguments = parser.parse_known_args(list(argv))
     try:
-        return WorkItem.from_json(json.loads(args.work_item))
+        if args.work_item_location:
+            data = storage_for(args.work_item_location).read_json(args.work_item_location)
+            if data is None:
+                raise ConfigurationError(f"--work_item_location {args.work_item_location} holds no work item")
+        else:
+            data = json.loads(args.work_item)
+        return WorkItem.from_json(data)
     except (json.JSONDecodeError, TypeError) as exc:
         raise ConfigurationError(
-            f"--work_item is not a work item as the Plan Lambda writes it ({exc}); start the job from "
-            "the state machine, or pass one object of the plan's items.json"
+            f"the job's work item is not one the Plan Lambda writes ({exc}); start the job from the state "
+            "machine, or pass --work_item_location of a file under the run's items/ folder"
         ) from exc
 
 

@@ -59,6 +59,9 @@ class Layout:
     def items(self, run_id: str) -> str:
         return _join(self.run_dir(run_id), "items.json")
 
+    def item(self, table: str, run_id: str) -> str:
+        return _join(self.run_dir(run_id), "items", f"{table}.json")
+
     def report(self, run_id: str) -> str:
         return _join(self.run_dir(run_id), "report.json")
 

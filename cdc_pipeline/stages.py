@@ -8,9 +8,10 @@ so the local runner and the Plan and Commit Lambdas run the same code on differe
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from cdc_pipeline.catalog import Catalog, OutputCatalog, PublishedTable
-from cdc_pipeline.commit import CommitReport, commit_run
+from cdc_pipeline.commit import IO_THREADS, CommitReport, commit_run
 from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
 from cdc_pipeline.registry import RegistrySource, load_registry
 from cdc_pipeline.state import StateStore
@@ -44,7 +45,18 @@ def plan_stage(
         tables=tables,
     )
     storage.write_json(layout.plan(run_id), plan.to_json())
-    storage.write_json(layout.items(run_id), [item.to_json() for item in plan.items])
+    # Each work item in a file of its own, and the Map's list names them: a child execution's input
+    # and the Glue job's argument stay small however many columns a table has.
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        list(
+            pool.map(
+                lambda item: storage.write_json(layout.item(item.table, run_id), item.to_json()), plan.items
+            )
+        )
+    storage.write_json(
+        layout.items(run_id),
+        [{"table": item.table, "work_item_location": layout.item(item.table, run_id)} for item in plan.items],
+    )
     return plan
 
 

@@ -129,7 +129,7 @@ def test_unsupported_format_fails_the_job_naming_the_table(tmp_path, spark) -> N
 
 
 def test_work_item_argument_must_be_a_work_item() -> None:
-    with pytest.raises(ConfigurationError, match="--work_item is not a work item"):
+    with pytest.raises(ConfigurationError, match="not one the Plan Lambda writes"):
         parse_work_item(["--work_item", '{"table": "x"}'])
     with pytest.raises(SystemExit):
         parse_work_item(["--JOB_ID", "j_1"])
@@ -142,12 +142,15 @@ def test_glue_entrypoint_script_ingests_a_work_item_as_glue_invokes_it(tmp_path)
     table = CatalogTable("people", str(source), "csv", CSV_COLUMNS, options={"header": "false"})
     item = plan_one(tmp_path, table, "table_name,primary_key\npeople,id\n")
     item = replace(item, delete_column="Op", delete_values=["D"])
+    # As the state machine passes it: the location of the item's file.
+    location = str(tmp_path / "items" / "people.json")
+    LocalStorage().write_json(location, item.to_json())
 
     # A fresh interpreter, as Glue runs the script: proves the entrypoint has no hidden setup.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1"}
     script = ROOT / "glue_jobs" / "ingest_table.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--work_item", json.dumps(item.to_json()), *GLUE_ARGUMENTS],
+        [sys.executable, str(script), "--work_item_location", location, *GLUE_ARGUMENTS],
         env=env,
         capture_output=True,
         text=True,

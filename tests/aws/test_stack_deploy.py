@@ -449,7 +449,9 @@ class Deployment:
         def start_job_run(job: FakeJob, *args: Any, **kwargs: Any) -> str:
             arguments = kwargs["arguments"]
             self.job_runs.append((job.name, arguments))
-            ingest_succeeded(self.storage, WorkItem.from_json(json.loads(arguments["--work_item"])))
+            ingest_succeeded(
+                self.storage, WorkItem.from_json(self.storage.read_json(arguments["--work_item_location"]))
+            )
             return original_start(job, *args, **kwargs)
 
         monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
@@ -566,7 +568,10 @@ def test_a_scheduled_run_of_the_deployed_state_machine_commits_every_table(deplo
     assert execution["status"] == "SUCCEEDED", execution
     commit = json.loads(execution["output"])["commit"]
     assert (commit["succeeded_count"], commit["failed_count"]) == (3, 0)
-    ingested = sorted(json.loads(arguments["--work_item"])["table"] for _, arguments in deployment.job_runs)
+    ingested = sorted(
+        deployment.storage.read_json(arguments["--work_item_location"])["table"]
+        for _, arguments in deployment.job_runs
+    )
     assert ingested == tables
     assert {job for job, _ in deployment.job_runs} == {deployment.outputs["IngestJobName"]}
     state, _ = deployment.state.read()

@@ -166,7 +166,7 @@ class Pipeline:
         original_as_dict = FakeJobRun.as_dict
 
         def start_job_run(job: FakeJob, *args: Any, **kwargs: Any) -> str:
-            item = WorkItem.from_json(json.loads(kwargs["arguments"]["--work_item"]))
+            item = WorkItem.from_json(self.storage.read_json(kwargs["arguments"]["--work_item_location"]))
             attempt = self.attempts[item.table] = self.attempts.get(item.table, 0) + 1
             outcome = self.outcome(item, attempt)
             if outcome == "THROTTLED":

@@ -64,7 +64,12 @@ def items_of(deployment: dict[str, Any], planned: dict[str, Any]) -> list[WorkIt
     body = (
         deployment["s3"].get_object(Bucket=planned["items_bucket"], Key=planned["items_key"])["Body"].read()
     )
-    return [WorkItem.from_json(item) for item in json.loads(body)]
+    entries = json.loads(body)
+    # The Map's list names each work item's file: a child's input stays small however wide the table.
+    assert all(set(entry) == {"table", "work_item_location"} for entry in entries)
+    return [
+        WorkItem.from_json(deployment["storage"].read_json(entry["work_item_location"])) for entry in entries
+    ]
 
 
 def test_plan_writes_the_maps_items_to_s3_and_returns_only_where_they_are(deployment) -> None:
