@@ -6,6 +6,9 @@ wiring (plan, Map, commit, catalog); the ingest itself runs for real in the Spar
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from typing import Any
 
 from cdc_pipeline.aws.s3 import S3Storage
@@ -76,3 +79,19 @@ def ingest_succeeded(
         primary_key=item.primary_key,
     )
     storage.write_json(item.manifest_location, manifest.to_json())
+
+
+def run_to_end(
+    sfn: Any, state_machine_arn: str, run_input: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
+    """Start an execution and wait for moto's interpreter to finish it; its final description."""
+    arn = sfn.start_execution(
+        stateMachineArn=state_machine_arn, name=f"test-{uuid.uuid4().hex}", input=json.dumps(run_input)
+    )["executionArn"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        execution = sfn.describe_execution(executionArn=arn)
+        if execution["status"] != "RUNNING":
+            return dict(execution)
+        time.sleep(0.1)
+    raise AssertionError(f"execution {arn} still running after {timeout_s} s")

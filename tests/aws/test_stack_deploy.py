@@ -61,7 +61,6 @@ import io
 import json
 import os
 import subprocess
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -93,7 +92,7 @@ from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
 from cdc_pipeline.plan import WorkItem
 
 from .conftest import REGION, SOURCE_DATABASE
-from .fakes import create_source_tables, ingest_succeeded, registry_csv
+from .fakes import create_source_tables, ingest_succeeded, registry_csv, run_to_end
 from .test_state_machine import FakeContext, _CopySharingExecutions, _fix_moto_interrupt_all, load_handler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -473,16 +472,7 @@ class Deployment:
         )
 
     def run(self, run_input: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
-        arn = self.sfn.start_execution(
-            stateMachineArn=self.outputs["StateMachineArn"], name="stack-run-1", input=json.dumps(run_input)
-        )["executionArn"]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            execution = self.sfn.describe_execution(executionArn=arn)
-            if execution["status"] != "RUNNING":
-                return execution
-            time.sleep(0.1)
-        raise AssertionError(f"execution {arn} still running after {timeout_s} s")
+        return run_to_end(self.sfn, self.outputs["StateMachineArn"], run_input, timeout_s)
 
 
 @pytest.fixture(scope="module")

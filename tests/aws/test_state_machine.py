@@ -14,8 +14,6 @@ import importlib.util
 import inspect
 import json
 import textwrap
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
 from cdc_pipeline.plan import WorkItem
 
 from .conftest import BUCKET, OUTPUT_DATABASE, REGION, SOURCE_DATABASE
-from .fakes import create_source_tables, ingest_succeeded, registry_csv
+from .fakes import create_source_tables, ingest_succeeded, registry_csv, run_to_end
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "state_machine" / "cdc_pipeline.asl.json"
@@ -214,18 +212,7 @@ class Pipeline:
         self.s3.put_object(Bucket=BUCKET, Key="registry/tables.csv", Body=registry_csv(tables).encode())
 
     def run(self, run_input: dict[str, Any], timeout_s: float = 240) -> dict[str, Any]:
-        arn = self.sfn.start_execution(
-            stateMachineArn=self.state_machine_arn,
-            name=f"test-{uuid.uuid4().hex}",
-            input=json.dumps(run_input),
-        )["executionArn"]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            execution = self.sfn.describe_execution(executionArn=arn)
-            if execution["status"] != "RUNNING":
-                return execution
-            time.sleep(0.2)
-        raise AssertionError(f"execution {arn} still running after {timeout_s} s")
+        return run_to_end(self.sfn, self.state_machine_arn, run_input, timeout_s)
 
 
 @pytest.fixture
