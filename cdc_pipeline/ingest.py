@@ -150,7 +150,7 @@ def _ingest(
         started_at,
         start,
         **counts,
-        set_aside=stats.null_keys if keyed else 0,
+        set_aside=stats.null_keys,
         before=before,
         after=after,
         output=item.output_location,
