@@ -2,18 +2,22 @@
 
 Locally each subdirectory of the source directory is one table of Parquet files (nested folders
 allowed; ``key=value`` folders are read as partitions). On AWS the Glue Data Catalog plays this
-part behind the same :class:`Catalog` protocol.
+part behind the same :class:`Catalog` protocol, and S3 lists the files.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cdc_pipeline.arrivals import DataFile, FileListing, is_hidden
 from cdc_pipeline.errors import ConfigurationError, TableError
+from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, widen
 
 _PARTITION_DIR = re.compile(r"^([^=/]+)=([^/]*)$")
 
@@ -52,8 +56,17 @@ class Catalog(Protocol):
 
     def table_names(self) -> list[str]: ...
 
-    def describe(self, name: str) -> CatalogTable:
-        """The table's location, format and columns; raises TableError when it cannot be read."""
+    def list_files(self, name: str) -> FileListing | None:
+        """The table's data files with their arrival times; None when its source has no files to
+        list (the table is then read by watermark)."""
+        ...
+
+    def describe(self, name: str, files: Sequence[str] | None = None) -> CatalogTable:
+        """The table's location, format and columns; raises TableError when it cannot be read.
+
+        ``files`` (paths relative to the location) are the files a run will read; a catalog that
+        learns columns from the files themselves reads only those.
+        """
         ...
 
 
@@ -80,11 +93,6 @@ class NoOutputCatalog:
         return None
 
 
-def _is_hidden(name: str) -> bool:
-    # Spark and Hive skip these too: _SUCCESS markers, .crc checksums, _temporary folders.
-    return name.startswith((".", "_"))
-
-
 class LocalCatalog:
     """Tables as subdirectories of a local directory, holding Parquet files."""
 
@@ -98,45 +106,41 @@ class LocalCatalog:
 
     def table_names(self) -> list[str]:
         return sorted(
-            path.name for path in self.source_dir.iterdir() if path.is_dir() and not _is_hidden(path.name)
+            path.name for path in self.source_dir.iterdir() if path.is_dir() and not is_hidden(path.name)
         )
 
-    def describe(self, name: str) -> CatalogTable:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    def list_files(self, name: str) -> FileListing:
+        """Every data file below the table's folder; a file's arrival is when it was written or
+        moved here (the later of its modification and change times: a copy that kept an old
+        modification time still arrives now)."""
+        location = self._location(name)
+        reference = time.time_ns() // 1000
+        files = []
+        for path in self.data_files(location):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # removed while listing: not a file of this listing
+            arrived = max(stat.st_mtime_ns, stat.st_ctime_ns) // 1000
+            files.append(DataFile(path.relative_to(location).as_posix(), stat.st_size, arrived))
+        return FileListing(str(location.resolve()), tuple(files), reference)
 
+    def describe(self, name: str, files: Sequence[str] | None = None) -> CatalogTable:
+        """The table as ``files`` hold it (every file when None): their columns reconciled by
+        name (ignoring case) and widened type, see :mod:`cdc_pipeline.schema`."""
+        location = self._location(name)
+        paths = self.data_files(location) if files is None else [location / f for f in files]
+        partition_keys = _partition_keys(name, location, paths)
+        if not paths:
+            return CatalogTable(name, str(location.resolve()), "parquet", (), partition_keys, has_data=False)
+        columns = _file_columns(name, paths, partition_keys)
+        return CatalogTable(name, str(location.resolve()), "parquet", columns, partition_keys)
+
+    def _location(self, name: str) -> Path:
         location = self.source_dir / name
         if not location.is_dir():
             raise TableError(name, f"no table folder {location}; the source holds {self.table_names()}")
-        files = self.data_files(location)
-        partition_keys = _partition_keys(name, location, files)
-        if not files:
-            return CatalogTable(name, str(location.resolve()), "parquet", (), partition_keys, has_data=False)
-        schemas = []
-        for path in files:
-            try:
-                schemas.append(pq.read_schema(path))
-            except (OSError, pa.ArrowException) as exc:
-                raise TableError(
-                    name, f"file {path} is not readable Parquet ({exc}); remove or replace it"
-                ) from exc
-        try:
-            schema = pa.unify_schemas(schemas)
-        except pa.ArrowException as exc:
-            raise TableError(name, f"its files disagree on column types: {exc}") from exc
-        for arrow_field in schema:
-            if pa.types.is_timestamp(arrow_field.type) and arrow_field.type.unit == "ns":
-                raise TableError(
-                    name,
-                    f"column {arrow_field.name!r} holds nanosecond timestamps, which Spark 3.5 (and Glue) "
-                    "cannot read; write the files with microseconds (pyarrow: coerce_timestamps='us')",
-                )
-        columns = tuple(
-            Column(arrow_field.name, _spark_type_name(arrow_field.type))
-            for arrow_field in schema
-            if arrow_field.name not in partition_keys
-        )
-        return CatalogTable(name, str(location.resolve()), "parquet", columns, partition_keys)
+        return location
 
     @staticmethod
     def data_files(location: Path) -> list[Path]:
@@ -148,9 +152,55 @@ class LocalCatalog:
 
         files = []
         for folder, subfolders, names in os.walk(location, onerror=unreadable):
-            subfolders[:] = [name for name in subfolders if not _is_hidden(name)]
-            files += [Path(folder) / name for name in names if not _is_hidden(name)]
+            subfolders[:] = [name for name in subfolders if not is_hidden(name)]
+            files += [Path(folder) / name for name in names if not is_hidden(name)]
         return sorted(files)
+
+
+def _file_columns(table: str, paths: Sequence[Path], partition_keys: tuple[str, ...]) -> tuple[Column, ...]:
+    """The files' columns in first-seen order; a type two files disagree on is widened or refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, Column] = {}
+    holder: dict[str, Path] = {}
+    for path in paths:
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise TableError(
+                table, f"file {path} is not readable Parquet ({exc}); remove or replace it"
+            ) from exc
+        try:
+            by_lower_name(schema.names, f"file {path}")
+        except AmbiguousColumnError as exc:
+            raise TableError(table, str(exc)) from exc
+        for arrow_field in schema:
+            if arrow_field.name in partition_keys:
+                continue
+            if pa.types.is_timestamp(arrow_field.type) and arrow_field.type.unit == "ns":
+                raise TableError(
+                    table,
+                    f"column {arrow_field.name!r} of file {path} holds nanosecond timestamps, which Spark "
+                    "3.5 (and Glue) cannot read; write the files with microseconds (pyarrow: "
+                    "coerce_timestamps='us')",
+                )
+            key = arrow_field.name.lower()
+            type_name = _spark_type_name(arrow_field.type)
+            known = columns.get(key)
+            if known is None:
+                columns[key], holder[key] = Column(arrow_field.name, type_name), path
+                continue
+            widened = widen(known.type, type_name)
+            if widened is None:
+                raise TableError(
+                    table,
+                    f"column {known.name!r} changed type incompatibly: {known.type} in file {holder[key]}, "
+                    f"{type_name} in file {path}. Only widening (int to bigint, float to double, date to "
+                    "timestamp, more decimal digits) is applied; rewrite the files with one type",
+                )
+            columns[key] = Column(known.name, widened)
+    return tuple(columns.values())
 
 
 def _partition_keys(table: str, location: Path, files: list[Path]) -> tuple[str, ...]:
@@ -196,6 +246,8 @@ def _spark_type_name(arrow_type: object) -> str:
     for check, name in simple.items():
         if check(t):
             return name
+    if pa.types.is_null(t):
+        return "void"
     if pa.types.is_decimal(t):
         return f"decimal({t.precision},{t.scale})"  # type: ignore[attr-defined]
     return str(t)

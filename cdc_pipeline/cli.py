@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS
 from cdc_pipeline.errors import CommitConflictError, ConfigurationError
 from cdc_pipeline.plan import LoadType
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_RETAINED_SNAPSHOTS,
         help="snapshots kept per table, current included (default %(default)s)",
+    )
+    run.add_argument(
+        "--settle-window",
+        default=DEFAULT_SETTLE_WINDOW,
+        help="how long a file may take to appear after the time it is stamped with, as an ISO-8601 "
+        "duration (default %(default)s; see docs/semantics.md)",
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -94,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         tables=tuple(name.strip() for name in (args.tables or "").split(",") if name.strip()),
         parallelism=args.parallelism,
         retained_snapshots=args.retain_snapshots,
+        settle_window=args.settle_window,
     )
     lock = threading.Lock()
 

@@ -31,7 +31,7 @@ class TableOutcome:
     """One table's line in the run report."""
 
     table: str
-    status: str  # succeeded | failed | skipped
+    status: str  # succeeded | unchanged | failed | skipped
     load_type: str | None = None
     rows_read: int | None = None
     rows_written: int | None = None
@@ -44,6 +44,7 @@ class TableOutcome:
     warnings: list[str] = field(default_factory=list)
     previous_location: str | None = None
     columns: list[dict[str, str]] = field(default_factory=list)
+    files_read: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def commit_run(
         manifests[item.table] = manifest
     outcomes += [TableOutcome(table=t, status="failed", message=m) for t, m in plan.failed.items()]
     outcomes += [TableOutcome(table=t, status="skipped", message=m) for t, m in plan.skipped.items()]
+    outcomes += [_unchanged(name, current.tables.get(name)) for name in plan.unchanged]
 
     retried = _already_committed(current, plan.run_id)
     document, expired = current, []
@@ -159,11 +161,11 @@ def commit_run(
                 warnings=manifest.warnings,
                 previous_location=previous.location if previous else None,
                 columns=manifest.schema,
+                files_read=manifest.files_read,
             )
         )
-    deleted = _delete_unreferenced(
-        storage, expired + [i.output_location for i in plan.items if i.table not in manifests], document
-    )
+    unpublished = [location for i in plan.items if i.table not in manifests for location in _outputs(i)]
+    deleted = _delete_unreferenced(storage, expired + unpublished, document)
     return CommitReport(
         run_id=plan.run_id,
         revision=document.revision,
@@ -174,10 +176,29 @@ def commit_run(
     )
 
 
+def _unchanged(name: str, tracker: TableState | None) -> TableOutcome:
+    return TableOutcome(
+        table=name,
+        status="unchanged",
+        rows_read=0,
+        rows_written=tracker.rows if tracker else None,
+        watermark_before=tracker.watermark if tracker else None,
+        watermark_after=tracker.watermark if tracker else None,
+        location=tracker.location if tracker else None,
+        previous_location=tracker.location if tracker else None,
+        files_read=0,
+        message=None,
+    )
+
+
+def _outputs(item: WorkItem) -> list[str]:
+    return [item.output_location, *([item.tombstones_location] if item.tombstones_location else [])]
+
+
 def _discard_outputs(storage: Storage, plan: Plan, state_store: StateStore) -> None:
-    """A refused run's snapshots will never be published: remove them (never one the state names)."""
+    """A refused run's outputs will never be published: remove them (never one the state names)."""
     current, _ = state_store.read()
-    _delete_unreferenced(storage, [item.output_location for item in plan.items], current)
+    _delete_unreferenced(storage, [location for item in plan.items for location in _outputs(item)], current)
 
 
 def _already_committed(current: StateDocument, run_id: str) -> bool:
@@ -210,12 +231,20 @@ def _manifest_for(
 def _next_state(
     previous: TableState | None, manifest: Manifest, committed_at: str, retained_snapshots: int
 ) -> tuple[TableState, list[str]]:
-    """The table's new tracker and the snapshot locations that fall out of retention."""
-    history: list[str] = []
-    if previous is not None:
-        history = [previous.location, *previous.previous_locations]
-    history = [location for location in dict.fromkeys(history) if location != manifest.output_location]
-    keep = retained_snapshots - 1
+    """The table's new tracker and the folders (snapshots, tombstones) that fall out of retention."""
+    locations, expired = _retain(
+        manifest.output_location,
+        [previous.location, *previous.previous_locations] if previous else [],
+        retained_snapshots,
+    )
+    tombstones, expired_tombstones = _retain(
+        manifest.tombstones_location,
+        [
+            *([previous.tombstones] if previous and previous.tombstones else []),
+            *(previous.previous_tombstones if previous else ()),
+        ],
+        retained_snapshots,
+    )
     state = TableState(
         watermark=manifest.watermark_after,
         location=manifest.output_location,
@@ -225,20 +254,31 @@ def _next_state(
         load_type=manifest.load_type,
         mode=manifest.mode,
         watermark_column=manifest.watermark_column,
-        previous_locations=tuple(history[:keep]),
+        previous_locations=tuple(locations),
         primary_key=tuple(manifest.primary_key),
         sequence_column=manifest.sequence_column,
         delete_column=manifest.delete_column,
         delete_values=tuple(manifest.delete_values),
+        incremental_by=manifest.incremental_by,
+        cursor=manifest.cursor,
+        watermark_unit=manifest.watermark_unit,
+        tombstones=manifest.tombstones_location,
+        previous_tombstones=tuple(tombstones),
     )
-    return state, history[keep:]
+    return state, expired + expired_tombstones
+
+
+def _retain(current: str | None, history: list[str], retained: int) -> tuple[list[str], list[str]]:
+    """Of the earlier folders (newest first), those kept beside ``current`` and those expired."""
+    earlier = [location for location in dict.fromkeys(history) if location != current]
+    keep = retained - 1
+    return earlier[:keep], earlier[keep:]
 
 
 def _delete_unreferenced(storage: Storage, locations: list[str], document: StateDocument) -> list[str]:
     referenced = set()
     for table in document.tables.values():
-        referenced.add(table.location)
-        referenced.update(table.previous_locations)
+        referenced.update(table.locations())
     doomed = [location for location in dict.fromkeys(locations) if location not in referenced]
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
         existed = list(pool.map(storage.delete_tree, doomed))

@@ -1,7 +1,17 @@
-"""Ingest one table: read its new rows, deduplicate, merge into the snapshot, write a manifest.
+"""Ingest one table: read its new rows, set aside what cannot be merged, merge, write, describe.
 
 This is the Glue job's body (and the local runner's, per table). It writes only to run-specific
-locations and publishes nothing: the commit stage does that for all tables at once.
+locations and publishes nothing: the commit stage does that for all tables at once. The steps:
+
+1. **read**: exactly the files the plan chose (or, for a source with no files to list, its whole
+   location), the current snapshot and its tombstones, reconciled to one set of column names
+   (ignoring case) and widened types (:mod:`cdc_pipeline.schema`);
+2. **order**: each row's ordering value as exact microseconds, whatever the column's type;
+   a watermark-mode run keeps only the rows at or after the watermark;
+3. **set aside** rows with a null key or an unreadable ordering value, to the quarantine;
+4. **merge** the rest into the snapshot (or append them), keeping tombstones of deleted keys;
+5. **write** the new snapshot (and tombstones), collecting the counts while writing;
+6. **describe** what was done in the manifest the commit reads.
 """
 
 from __future__ import annotations
@@ -14,27 +24,37 @@ from datetime import UTC, datetime
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from cdc_pipeline.errors import TableError
 from cdc_pipeline.manifest import SUCCEEDED, Manifest
 from cdc_pipeline.plan import LoadType, Mode, WorkItem
+from cdc_pipeline.registry import EPOCH_UNITS, IncrementalBy
+from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, widen
 from cdc_pipeline.spark import check_session
 from cdc_pipeline.storage import Storage
 from cdc_pipeline.transform import (
+    ORDER_COLUMN,
     DedupStrategy,
     append_rows,
     col,
-    incremental_rows,
+    is_time_type,
     merge_into_snapshot,
     null_key_condition,
+    ordering_micros,
     watermark_kind,
-    watermark_micros,
+    watermark_literal,
 )
 from cdc_pipeline.watermark import Watermark, WatermarkKind
 
 logger = logging.getLogger(__name__)
+
+SEQUENCE_COLUMN = "_cdc_sequence"  # the sequence column's value, or NULL where a file lacks it
+_REASON = "_cdc_set_aside_reason"
+NULL_KEY = "null primary key"
+UNREADABLE_ORDERING = "unreadable ordering value"
 
 
 def ingest_table(
@@ -55,8 +75,9 @@ def ingest_table(
         raise TableError(item.table, f"Spark failed reading or writing it: {_first_line(exc)}") from exc
     storage.write_json(item.manifest_location, manifest.to_json())
     logger.info(
-        "table %s ingested: %d rows read, %d written, watermark %s -> %s",
+        "table %s ingested: %d file(s), %d rows read, %d written, watermark %s -> %s",
         item.table,
+        manifest.files_read,
         manifest.rows_read,
         manifest.rows_written,
         manifest.watermark_before,
@@ -65,122 +86,186 @@ def ingest_table(
     return manifest
 
 
+# ----------------------------------------------------------------------------------------------
+# The steps
+# ----------------------------------------------------------------------------------------------
+
+
 def _ingest(
     spark: SparkSession, item: WorkItem, strategy: DedupStrategy, started_at: datetime, start: float
 ) -> Manifest:
     warnings = list(item.warnings)
-    source = read_source(spark, item)
-    kind = _watermark_kind(item, source)
-    incremental = item.load_type == LoadType.INCREMENTAL
-    before = Watermark.parse(item.last_watermark) if item.last_watermark else None
     keyed = item.mode == Mode.DEDUP
+    inputs = read_inputs(spark, item)
+    ordering = _Ordering.of(item, inputs.batch)
+    batch, snapshot, tombstones_before = _with_internal_columns(item, inputs, ordering)
+    primary_key = [_spelling(batch, c) for c in item.primary_key]
+    before = Watermark.parse(item.last_watermark) if item.last_watermark else None
+    batch = _rows_since_watermark(batch, item, ordering, before)
 
-    batch = source
-    if incremental and item.watermark_column and before and kind:
-        # Keyed tables re-read the boundary instant (and the lookback window): the merge is
-        # idempotent, and a row stamped with the boundary that landed after the last run is not
-        # missed. Appends cannot absorb a re-read row, so they read strictly newer rows only.
-        since = before.as_kind(kind).minus(item.lookback_micros) if keyed else before.as_kind(kind)
-        batch = incremental_rows(source, item.watermark_column, kind, since, inclusive=keyed)
-    # The batch is read twice (stats, then merge). An incremental batch is small: cache it. A full
-    # load's batch is the whole table: scanning it twice is cheaper than caching it (benchmarks/).
+    batch = batch.withColumn(_REASON, _set_aside_reason(item, ordering))
+    batch_metrics = Observation(f"batch-{item.run_id}-{item.table}")
+    batch = batch.observe(
+        batch_metrics,
+        F.count(F.lit(1)).alias("rows"),
+        F.count(_REASON).alias("set_aside"),
+        F.sum(col(_REASON).eqNullSafe(F.lit(NULL_KEY)).cast("long")).alias("null_keys"),
+        F.sum(col(_REASON).eqNullSafe(F.lit(UNREADABLE_ORDERING)).cast("long")).alias("unreadable"),
+        F.sum(_raw_null_ordering(ordering).cast("long")).alias("null_orderings"),
+        F.max(F.when(col(_REASON).isNull(), col(ORDER_COLUMN))).alias("max_order"),
+    )
+    incremental = item.load_type == LoadType.INCREMENTAL
+    # The batch feeds the merge more than once (its keys, its rows): an incremental batch is small,
+    # cache it. A full load's batch is the whole table and is read once (benchmarks/).
     if incremental:
         batch = batch.persist()
     try:
-        stats = _batch_stats(batch, item, kind)
-        null_watermarks = stats.null_watermarks
-        if incremental and item.watermark_column:
-            # Not in the batch (they cannot be placed after a watermark): counted on the source,
-            # where Parquet null counts let Spark skip every row group without one.
-            null_watermarks = source.filter(col(item.watermark_column).isNull()).count()
-        if null_watermarks:
-            warnings.append(_null_watermark_warning(item, null_watermarks, incremental))
-        after = _new_watermark(before, stats.max_watermark, kind)
-        snapshot = read_snapshot(spark, item) if incremental else None
-        counts = {"rows_read": stats.rows, "null_watermarks": null_watermarks}
-
-        if snapshot is not None and item.current_snapshot and stats.rows == 0:
-            # Nothing new: the snapshot stays where it is, no rewrite.
-            return _manifest(
-                item,
-                warnings,
-                started_at,
-                start,
-                **counts,
-                set_aside=0,
-                before=before,
-                after=after,
-                output=item.current_snapshot,
-                quarantine=None,
-                schema=schema_columns(snapshot),
-                rows_written=snapshot.count(),
-            )
-
-        quarantine = None
-        if keyed and stats.null_keys:
-            quarantine = item.quarantine_location
-            batch.filter(null_key_condition(item.primary_key)).write.mode("overwrite").parquet(quarantine)
-            warnings.append(
-                f"{stats.null_keys} row(s) with a null primary key set aside in {quarantine}; fix them at "
-                "the source, they are not in the snapshot"
-            )
-
+        kept = batch.filter(col(_REASON).isNull()).drop(_REASON)
         if keyed:
-            result = merge_into_snapshot(
+            merged = merge_into_snapshot(
                 snapshot,
-                batch.filter(~null_key_condition(item.primary_key)),
-                primary_key=item.primary_key,
-                ordering=[c for c in (item.watermark_column, item.sequence_column) if c],
+                kept,
+                primary_key=primary_key,
+                ordering=[ORDER_COLUMN, SEQUENCE_COLUMN],
                 delete_column=item.delete_column,
                 delete_values=item.delete_values,
                 strategy=strategy,
+                tombstones=tombstones_before,
+                now_micros=_micros(started_at),
+                tombstone_retention_micros=item.tombstone_retention_micros,
             )
+            result, tombstones = merged.snapshot, merged.tombstones
         else:
-            result = append_rows(snapshot, batch)
+            result, tombstones = append_rows(snapshot, kept), None
+        result = result.drop(ORDER_COLUMN, SEQUENCE_COLUMN)
         _check_pipeline_columns(item, result)
-        result.write.mode("overwrite").parquet(item.output_location)
+        rows_written = _write(result, item.output_location, f"written-{item.run_id}-{item.table}")
+        stats = _BatchStats.of(batch_metrics)
+        tombstones_location = None
+        if tombstones is not None and item.tombstones_location:
+            # Written even when empty: the folder then holds the schema, and the next run reads it.
+            _write(tombstones, item.tombstones_location, f"tombstones-{item.run_id}-{item.table}")
+            tombstones_location = item.tombstones_location
+        quarantine = None
+        if stats.set_aside:
+            quarantine = item.quarantine_location
+            batch.filter(col(_REASON).isNotNull()).drop(ORDER_COLUMN, SEQUENCE_COLUMN).write.mode(
+                "overwrite"
+            ).parquet(quarantine)
+            warnings.append(_set_aside_warning(item, stats, quarantine))
     finally:
         if incremental:
             batch.unpersist()
 
-    written = spark.read.parquet(item.output_location)
+    null_orderings = stats.null_orderings
+    if incremental and item.incremental_by == IncrementalBy.WATERMARK and item.watermark_column:
+        # Not in the batch (they cannot be placed after a watermark): counted on the source, where
+        # Parquet null counts let Spark skip every row group without one.
+        null_orderings = inputs.batch.filter(col(ordering.column).isNull()).count() if ordering.column else 0
+    if null_orderings:
+        warnings.append(_null_ordering_warning(item, null_orderings, incremental))
+    after = _new_watermark(before, stats.max_order, ordering.kind)
     return _manifest(
         item,
         warnings,
         started_at,
         start,
-        **counts,
-        set_aside=stats.null_keys,
+        rows_read=stats.rows,
+        rows_written=rows_written,
+        set_aside=stats.set_aside,
+        null_watermarks=null_orderings,
         before=before,
         after=after,
-        output=item.output_location,
         quarantine=quarantine,
-        schema=schema_columns(written),
-        rows_written=written.count(),
+        schema=schema_columns(result),
+        tombstones=tombstones_location,
     )
 
 
-def read_source(spark: SparkSession, item: WorkItem) -> DataFrame:
-    """The raw table: Parquet with its own schema; CSV and JSON with the catalog's columns (DMS writes
-    header-less CSV, so only the catalog knows the column names)."""
+@dataclass(frozen=True)
+class Inputs:
+    """What one ingest merges: the new rows, the current snapshot and its tombstones, with one
+    spelling per column name and one (widened) type per column across all three."""
+
+    batch: DataFrame
+    snapshot: DataFrame | None
+    tombstones: DataFrame | None
+
+
+def read_inputs(spark: SparkSession, item: WorkItem) -> Inputs:
+    parts = read_source_parts(spark, item)
+    snapshot = read_snapshot(spark, item)
+    labelled = [(snapshot, f"the current snapshot {item.current_snapshot}")] if snapshot is not None else []
+    reconciled = reconcile(item.table, [*labelled, *parts])
+    batch, *others = reconciled[len(labelled) :]
+    for part in others:
+        batch = batch.unionByName(part, allowMissingColumns=True)
+    tombstones = _read_existing(spark, item, item.current_tombstones, "tombstones")
+    return Inputs(batch, reconciled[0] if labelled else None, tombstones)
+
+
+def read_source_parts(spark: SparkSession, item: WorkItem) -> list[tuple[DataFrame, str]]:
+    """The files to read as DataFrames, each labelled with a file it holds. Parquet files whose
+    schemas cannot be merged (a column widened between files) are read in groups that can."""
     if item.format not in READERS:
         raise TableError(
             item.table,
             f"format {item.format!r} is not supported; the source must be Parquet, CSV or JSON",
         )
-    reader = spark.read.options(**item.read_options)
     if item.format != "parquet" and not item.columns:
         raise TableError(item.table, f"the catalog gives no columns for this {item.format} table")
+    paths = [_join(item.location, f) for f in item.files] if item.files is not None else [item.location]
+    if not paths:
+        raise TableError(item.table, "the work item names no file to read; plan the run again")
+    if item.format != "parquet":
+        return [(_read(spark, item, paths), paths[0])]
+    return [(df, group[0]) for df, group in _parquet_groups(spark, item, paths)]
+
+
+def _parquet_groups(
+    spark: SparkSession, item: WorkItem, paths: list[str]
+) -> list[tuple[DataFrame, list[str]]]:
+    try:
+        return [(_read(spark, item, paths), paths)]
+    except (Py4JJavaError, PySparkException) as exc:
+        if len(paths) == 1 or not _is_schema_merge_failure(exc):
+            raise
+    # Halve until each group's schemas merge: a few splits around each file where a type changed.
+    middle = len(paths) // 2
+    return _parquet_groups(spark, item, paths[:middle]) + _parquet_groups(spark, item, paths[middle:])
+
+
+def _is_schema_merge_failure(exc: BaseException) -> bool:
+    text = str(exc.java_exception.toString()) if isinstance(exc, Py4JJavaError) else str(exc)
+    return "CANNOT_MERGE_SCHEMAS" in text or "Failed to merge" in text
+
+
+def _read(spark: SparkSession, item: WorkItem, paths: list[str]) -> DataFrame:
+    """Parquet with its own schema; CSV and JSON with the catalog's columns (DMS writes header-less
+    CSV, so only the catalog knows the column names)."""
+    reader = spark.read.options(**item.read_options)
     if item.format == "parquet":
         # Merge every file's schema: a column that only newer files carry must not be dropped.
         reader = reader.option("mergeSchema", "true")
     elif item.format == "csv":
         reader = reader.schema(", ".join(f"`{c['name']}` {_spark_type(c['type'])}" for c in item.columns))
-    if not item.partition_keys:
+    if item.partition_keys:
+        # Files named one by one keep their key=value folders as columns only with the table root.
+        reader = reader.option("basePath", _escape_glob(item.location))
+    elif item.files is None:
         # Landing zones nest files in date folders (2024/05/01/...) that are not key=value partitions.
         reader = reader.option("recursiveFileLookup", "true")
-    df = reader.format(item.format).load(item.location)
+    df = reader.format(item.format).load([_escape_glob(path) for path in paths])
     return _json_as_catalog(df, item) if item.format == "json" else df
+
+
+def _join(location: str, relative: str) -> str:
+    return location.rstrip("/") + "/" + relative
+
+
+def _escape_glob(path: str) -> str:
+    """A path Spark reads as it is: Hadoop takes ``* ? [ ] { } \\`` in a path as a glob pattern."""
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
 
 
 def _json_as_catalog(df: DataFrame, item: WorkItem) -> DataFrame:
@@ -205,74 +290,208 @@ READERS = frozenset({"parquet", "csv", "json"})
 
 
 def read_snapshot(spark: SparkSession, item: WorkItem) -> DataFrame | None:
-    if item.current_snapshot is None:
+    return _read_existing(spark, item, item.current_snapshot, "snapshot")
+
+
+def _read_existing(spark: SparkSession, item: WorkItem, location: str | None, what: str) -> DataFrame | None:
+    if location is None:
         return None
     try:
-        return spark.read.parquet(item.current_snapshot)
+        return spark.read.parquet(_escape_glob(location))
     except PySparkException as exc:
         raise TableError(
             item.table,
-            f"its current snapshot {item.current_snapshot} (from the committed state) cannot be read "
+            f"its current {what} {location} (from the committed state) cannot be read "
             f"({_first_line(exc)}); run it with --load-type full to rebuild the snapshot",
         ) from exc
 
 
-def _watermark_kind(item: WorkItem, source: DataFrame) -> WatermarkKind | None:
-    if item.watermark_column is None:
-        return None
-    missing = [c for c in (item.watermark_column, *item.primary_key) if c not in source.columns]
-    if missing:
-        raise TableError(item.table, f"column(s) {', '.join(missing)} not found in {item.location}")
-    data_type = source.schema[item.watermark_column].dataType
-    kind = watermark_kind(data_type)
-    if kind is None:
-        raise TableError(
-            item.table,
-            f"watermark column {item.watermark_column!r} has type {data_type.simpleString()}; it must be "
-            "a timestamp, timestamp_ntz or date. Name another watermark_column in the registry",
+def reconcile(table: str, labelled: list[tuple[DataFrame, str]]) -> list[DataFrame]:
+    """The DataFrames with one spelling per column (the first seen) and one type per column (the
+    widened one); an incompatible type change fails the table naming a place holding each type."""
+    spelling: dict[str, str] = {}
+    types: dict[str, tuple[str, str]] = {}
+    for df, where in labelled:
+        try:
+            names = by_lower_name(df.columns, where)
+        except AmbiguousColumnError as exc:
+            raise TableError(table, str(exc)) from exc
+        for lower, name in names.items():
+            spelling.setdefault(lower, name)
+        for field in df.schema.fields:
+            lower, type_name = field.name.lower(), field.dataType.simpleString()
+            if lower not in types:
+                types[lower] = (type_name, where)
+                continue
+            known, known_where = types[lower]
+            widened = widen(known, type_name)
+            if widened is None:
+                raise TableError(
+                    table,
+                    f"column {spelling[lower]!r} changed type incompatibly: {known} in {known_where}, "
+                    f"{type_name} in {where}. Only widening (int to bigint, float to double, date to "
+                    "timestamp, more decimal digits) is applied; rewrite the files with one type, or "
+                    "reload the table in full once its files agree",
+                )
+            types[lower] = (widened, known_where if widened == known else where)
+
+    def conform(df: DataFrame) -> DataFrame:
+        columns = []
+        for field in df.schema.fields:
+            lower = field.name.lower()
+            column = col(field.name)
+            if field.dataType.simpleString() != types[lower][0]:
+                column = column.cast(types[lower][0])
+            columns.append(column.alias(spelling[lower]))
+        return df.select(*columns)
+
+    return [conform(df) for df, _ in labelled]
+
+
+@dataclass(frozen=True)
+class _Ordering:
+    """The watermark (ordering) column as the batch holds it."""
+
+    column: str | None
+    data_type: T.DataType | None
+    unit_micros: int | None
+    kind: WatermarkKind | None
+
+    @classmethod
+    def of(cls, item: WorkItem, batch: DataFrame) -> _Ordering:
+        by_lower = {name.lower(): name for name in batch.columns}
+        missing = [c for c in item.primary_key if c.lower() not in by_lower]
+        if missing:
+            raise TableError(
+                item.table,
+                f"key column(s) {', '.join(missing)} are in none of the files read; the catalog lists "
+                f"them, so the files and the catalog disagree: re-crawl the table or fix the files",
+            )
+        if item.watermark_column is None or item.watermark_column.lower() not in by_lower:
+            return cls(None, None, None, None)
+        column = by_lower[item.watermark_column.lower()]
+        data_type = batch.schema[column].dataType
+        unit = EPOCH_UNITS[item.watermark_unit] if item.watermark_unit else None
+        integral = isinstance(data_type, T.IntegralType)
+        if not (is_time_type(data_type) or isinstance(data_type, T.StringType) or (integral and unit)):
+            raise TableError(
+                item.table,
+                f"watermark column {column!r} has type {data_type.simpleString()} in the files; it must be "
+                "a timestamp, timestamp_ntz, date, ISO-8601 string or integer epoch (with "
+                "watermark_unit in the registry). Name another watermark_column in the registry",
+            )
+        return cls(column, data_type, unit, watermark_kind(data_type))
+
+    def micros(self) -> Column:
+        if self.column is None or self.data_type is None:
+            return F.lit(None).cast("long")
+        return ordering_micros(self.column, self.data_type, self.unit_micros)
+
+
+def _with_internal_columns(
+    item: WorkItem, inputs: Inputs, ordering: _Ordering
+) -> tuple[DataFrame, DataFrame | None, DataFrame | None]:
+    """Batch and snapshot with the ordering value and the sequence value (NULL where a file lacks
+    the column: DMS full-load files carry no sequence), reconciled with the tombstones, which hold
+    both already."""
+
+    def internal(df: DataFrame) -> DataFrame:
+        by_lower = {name.lower(): name for name in df.columns}
+        sequence = by_lower.get(item.sequence_column.lower()) if item.sequence_column else None
+        order = ordering.micros() if ordering.column in df.columns else F.lit(None).cast("long")
+        return df.withColumn(ORDER_COLUMN, order).withColumn(
+            SEQUENCE_COLUMN, col(sequence) if sequence else F.lit(None)
         )
-    return kind
+
+    labelled = [(internal(inputs.batch), "the files read")]
+    if inputs.snapshot is not None:
+        labelled.append((internal(inputs.snapshot), f"the current snapshot {item.current_snapshot}"))
+    if inputs.tombstones is not None:
+        labelled.append((inputs.tombstones, f"the current tombstones {item.current_tombstones}"))
+    reconciled = reconcile(item.table, labelled)
+    if all(isinstance(df.schema[SEQUENCE_COLUMN].dataType, T.NullType) for df in reconciled):
+        reconciled = [df.withColumn(SEQUENCE_COLUMN, col(SEQUENCE_COLUMN).cast("long")) for df in reconciled]
+    batch, rest = reconciled[0], reconciled[1:]
+    snapshot = rest.pop(0) if inputs.snapshot is not None else None
+    tombstones = rest.pop(0) if inputs.tombstones is not None else None
+    return batch, snapshot, tombstones
+
+
+def _spelling(df: DataFrame, name: str) -> str:
+    return next((c for c in df.columns if c.lower() == name.lower()), name)
+
+
+def _rows_since_watermark(
+    batch: DataFrame, item: WorkItem, ordering: _Ordering, before: Watermark | None
+) -> DataFrame:
+    """A watermark-mode incremental run reads the rows at or after the watermark (minus the lookback)
+    of keyed tables, strictly after it for appends, which cannot absorb a re-read row."""
+    incremental = item.load_type == LoadType.INCREMENTAL
+    if not (incremental and item.incremental_by == IncrementalBy.WATERMARK and before and ordering.column):
+        return batch
+    keyed = item.mode == Mode.DEDUP
+    kind = ordering.kind or WatermarkKind.TIMESTAMP
+    since = before.as_kind(kind).minus(item.lookback_micros) if keyed else before.as_kind(kind)
+    by_value = col(ORDER_COLUMN) >= F.lit(since.micros) if keyed else col(ORDER_COLUMN) > F.lit(since.micros)
+    if ordering.data_type is not None and is_time_type(ordering.data_type):
+        # The same bound on the column itself, which the Parquet reader can push down.
+        bound = watermark_literal(since, kind)
+        raw = col(ordering.column)
+        batch = batch.filter(raw >= bound if keyed else raw > bound)
+    return batch.filter(by_value)
+
+
+def _set_aside_reason(item: WorkItem, ordering: _Ordering) -> Column:
+    """Why a row cannot be merged, or NULL: a null key, or an ordering value that is not a time."""
+    reason = F.lit(None).cast("string")
+    if ordering.column is not None:
+        unreadable = col(ordering.column).isNotNull() & col(ORDER_COLUMN).isNull()
+        reason = F.when(unreadable, F.lit(UNREADABLE_ORDERING)).otherwise(reason)
+    if item.mode == Mode.DEDUP:
+        reason = F.when(null_key_condition(item.primary_key), F.lit(NULL_KEY)).otherwise(reason)
+    return reason
+
+
+def _raw_null_ordering(ordering: _Ordering) -> Column:
+    return col(ordering.column).isNull() if ordering.column else F.lit(False)
+
+
+def _write(df: DataFrame, location: str, name: str) -> int:
+    """Write ``df`` as the Parquet folder ``location``; the rows written, counted while writing."""
+    written = Observation(name)
+    df.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(location)
+    return int(written.get["rows"])
 
 
 @dataclass(frozen=True)
 class _BatchStats:
     rows: int
+    set_aside: int
     null_keys: int
-    null_watermarks: int
-    max_watermark: int | None
+    unreadable: int
+    null_orderings: int
+    max_order: int | None
 
-
-def _batch_stats(batch: DataFrame, item: WorkItem, kind: WatermarkKind | None) -> _BatchStats:
-    """Every count the manifest needs, in one pass over the batch."""
-    zero = F.lit(0).cast("long")
-    keyed = item.mode == Mode.DEDUP
-    null_keys = F.sum(null_key_condition(item.primary_key).cast("long")) if keyed else zero
-    if item.watermark_column and kind:
-        null_watermarks = F.sum(col(item.watermark_column).isNull().cast("long"))
-        max_watermark = F.max(watermark_micros(item.watermark_column, kind))
-    else:
-        null_watermarks, max_watermark = zero, F.lit(None).cast("long")
-    row = batch.agg(
-        F.count(F.lit(1)).alias("rows"),
-        null_keys.alias("null_keys"),
-        null_watermarks.alias("null_watermarks"),
-        max_watermark.alias("max_watermark"),
-    ).first()
-    assert row is not None  # a global aggregate always returns one row
-    return _BatchStats(
-        rows=int(row["rows"]),
-        null_keys=int(row["null_keys"] or 0),
-        null_watermarks=int(row["null_watermarks"] or 0),
-        max_watermark=row["max_watermark"],
-    )
+    @classmethod
+    def of(cls, observation: Observation) -> _BatchStats:
+        metrics = observation.get
+        return cls(
+            rows=int(metrics["rows"]),
+            set_aside=int(metrics["set_aside"]),
+            null_keys=int(metrics["null_keys"] or 0),
+            unreadable=int(metrics["unreadable"] or 0),
+            null_orderings=int(metrics["null_orderings"] or 0),
+            max_order=metrics["max_order"],
+        )
 
 
 def _new_watermark(
     before: Watermark | None, max_micros: int | None, kind: WatermarkKind | None
 ) -> Watermark | None:
-    """The greatest watermark seen; never earlier than the last one (a lookback re-reads older rows)."""
+    """The greatest ordering value merged; never earlier than the last watermark (a lookback, or a
+    late file, brings older rows). Rows set aside never move it."""
     if kind is None:
-        return None
+        return before
     seen = Watermark.from_micros(max_micros, kind) if max_micros is not None else None
     if before is None:
         return seen
@@ -280,11 +499,24 @@ def _new_watermark(
     return before if seen is None or seen < before else seen
 
 
-def _null_watermark_warning(item: WorkItem, count: int, incremental: bool) -> str:
-    if incremental:
+def _set_aside_warning(item: WorkItem, stats: _BatchStats, quarantine: str) -> str:
+    reasons = []
+    if stats.null_keys:
+        reasons.append(f"{stats.null_keys} with a null primary key")
+    if stats.unreadable:
+        reasons.append(f"{stats.unreadable} whose {item.watermark_column!r} is not a readable time")
+    return (
+        f"{stats.set_aside} row(s) set aside in {quarantine} ({', '.join(reasons)}); fix them at the "
+        "source, they are not in the snapshot and never move the watermark"
+    )
+
+
+def _null_ordering_warning(item: WorkItem, count: int, incremental: bool) -> str:
+    if incremental and item.incremental_by == IncrementalBy.WATERMARK:
         return (
-            f"{count} row(s) of the table have a null {item.watermark_column!r}: incremental runs do not "
-            "read them (they cannot be placed after a watermark); a full load (--load-type full) does"
+            f"{count} row(s) of the table have a null {item.watermark_column!r}: incremental runs by "
+            "watermark do not read them (they cannot be placed after a watermark); a full load "
+            "(--load-type full) does"
         )
     ordering = "ordered before every stamped version of their key" if item.mode == Mode.DEDUP else "appended"
     return f"{count} row(s) with a null {item.watermark_column!r} loaded, {ordering}"
@@ -300,6 +532,10 @@ def _check_pipeline_columns(item: WorkItem, result: DataFrame) -> None:
         )
 
 
+def _micros(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
 def _manifest(
     item: WorkItem,
     warnings: list[str],
@@ -312,9 +548,9 @@ def _manifest(
     null_watermarks: int,
     before: Watermark | None,
     after: Watermark | None,
-    output: str,
     quarantine: str | None,
     schema: list[dict[str, str]],
+    tombstones: str | None,
 ) -> Manifest:
     return Manifest(
         run_id=item.run_id,
@@ -330,7 +566,7 @@ def _manifest(
         watermark_before=before.iso() if before else None,
         watermark_after=after.iso() if after else None,
         schema=schema,
-        output_location=output,
+        output_location=item.output_location,
         quarantine_location=quarantine,
         started_at=started_at.isoformat(timespec="seconds"),
         duration_s=round(time.monotonic() - start, 3),
@@ -339,6 +575,11 @@ def _manifest(
         sequence_column=item.sequence_column,
         delete_column=item.delete_column,
         delete_values=item.delete_values,
+        incremental_by=item.incremental_by,
+        files_read=len(item.files) if item.files is not None else None,
+        cursor=item.next_cursor,
+        watermark_unit=item.watermark_unit,
+        tombstones_location=tombstones,
     )
 
 

@@ -33,6 +33,12 @@ class Manifest:
     sequence_column: str | None = None
     delete_column: str | None = None
     delete_values: list[str] = field(default_factory=list)
+    incremental_by: str | None = None
+    # Data files read (None: the whole location), and the table's file cursor once committed.
+    files_read: int | None = None
+    cursor: dict[str, Any] | None = None
+    watermark_unit: str | None = None
+    tombstones_location: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,27 +1,36 @@
 """Plan: decide, for every table of the source database, what this run will do with it.
 
-The plan is pure bookkeeping (no data is read): it joins the catalog, the registry and the
-committed state into one JSON-serialisable work item per table. It becomes the Plan Lambda.
+The plan is bookkeeping: it joins the catalog, the files each table holds, the registry and the
+committed state into one JSON-serialisable work item per table that has something to read (see
+docs/semantics.md). A table with no new file gets no work item at all. It becomes the Plan Lambda.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, FileCursor, settle_micros
 from cdc_pipeline.catalog import Catalog, CatalogTable
 from cdc_pipeline.errors import ConfigurationError, TableError
-from cdc_pipeline.registry import Registry, TableSettings
-from cdc_pipeline.state import StateDocument
+from cdc_pipeline.registry import IncrementalBy, Registry, TableSettings
+from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, normalise_type, resolve
+from cdc_pipeline.state import StateDocument, TableState
 from cdc_pipeline.watermark import WatermarkKind
 
 logger = logging.getLogger(__name__)
 
-WATERMARK_TYPES = frozenset(kind.value for kind in WatermarkKind)
+# What a watermark (ordering) column may hold: a time type, ISO-8601 text, or an integer epoch whose
+# unit the registry names.
+TIME_TYPES = frozenset(kind.value for kind in WatermarkKind)
+INTEGER_TYPES = frozenset({"tinyint", "smallint", "int", "bigint"})
+WORK_ITEM_FORMAT = 2
+PLAN_THREADS = 16  # tables listed and described at once (S3 and Glue calls)
 
 
 class LoadType(StrEnum):
@@ -43,6 +52,9 @@ class Layout:
 
     def snapshot(self, table: str, run_id: str) -> str:
         return _join(self.output_path, table, "snapshots", run_id)
+
+    def tombstones(self, table: str, run_id: str) -> str:
+        return _join(self.output_path, table, "tombstones", run_id)
 
     def quarantine(self, table: str, run_id: str) -> str:
         return _join(self.output_path, table, "quarantine", run_id)
@@ -72,7 +84,12 @@ def _join(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class WorkItem:
-    """Everything one ingest needs; travels as JSON (Glue job arguments, Map items)."""
+    """Everything one ingest needs; travels as JSON (a file the Glue job argument names).
+
+    ``files`` are the data files to read, relative to ``location``; None reads the whole location
+    (a source with no files to list). ``next_cursor`` is the table's file cursor once this item is
+    committed.
+    """
 
     run_id: str
     table: str
@@ -95,12 +112,27 @@ class WorkItem:
     manifest_location: str
     read_options: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    incremental_by: str = IncrementalBy.WATERMARK.value
+    files: list[str] | None = None
+    next_cursor: dict[str, Any] | None = None
+    watermark_unit: str | None = None
+    current_tombstones: str | None = None
+    tombstones_location: str | None = None
+    tombstone_retention_micros: int = 0
+    format_version: int = WORK_ITEM_FORMAT
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkItem:
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != WORK_ITEM_FORMAT:
+            raise ConfigurationError(
+                f"work item of table {data.get('table') if isinstance(data, dict) else None!r} has format "
+                f"{version!r}; this cdc-pipeline reads format {WORK_ITEM_FORMAT}. The Plan and the ingest "
+                "come from different versions: deploy one version of both and start a new run"
+            )
         return cls(**data)
 
 
@@ -114,6 +146,8 @@ class Plan:
     failed: dict[str, str]
     skipped: dict[str, str]
     warnings: list[str]
+    # Tables with no new file since their last commit: no ingest, their tracker stays as it is.
+    unchanged: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +159,7 @@ class Plan:
             "failed": self.failed,
             "skipped": self.skipped,
             "warnings": self.warnings,
+            "unchanged": self.unchanged,
         }
 
     @classmethod
@@ -149,8 +184,11 @@ def plan_run(
     load_type: LoadType | None = None,
     tables: list[str] | None = None,
     now: datetime | None = None,
+    settle_window: str = DEFAULT_SETTLE_WINDOW,
 ) -> Plan:
-    """One work item per table of the catalog (or of ``tables``), with every fallback explained."""
+    """One work item per table of the catalog (or of ``tables``) with something to read, with every
+    fallback explained; tables with no new file are listed as unchanged."""
+    settle = settle_micros(settle_window)
     available = catalog.table_names()
     if tables:
         unknown = sorted(set(tables) - set(available))
@@ -167,27 +205,42 @@ def plan_run(
         f"registry names table {name!r}, which the source does not hold; check the name"
         for name in sorted(set(registry.tables) - {name.lower() for name in available})
     ]
+
+    def plan_table(name: str) -> WorkItem | str | TableError:
+        try:
+            return _plan_table(
+                name,
+                catalog=catalog,
+                registry=registry,
+                tracker=state.tables.get(name),
+                layout=layout,
+                run_id=run_id,
+                requested=load_type,
+                settle=settle,
+            )
+        except TableError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=PLAN_THREADS, thread_name_prefix="plan") as pool:
+        decisions = list(pool.map(plan_table, selected))
+
     items: list[WorkItem] = []
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    for name in selected:
-        try:
-            table = catalog.describe(name)
-            if not table.has_data:
-                skipped[name] = "no data files yet; its state is left as it was"
-                logger.warning("table %s skipped: no data files", name)
-                continue
-            items.append(
-                _work_item(
-                    table, registry=registry, state=state, layout=layout, run_id=run_id, requested=load_type
-                )
-            )
-        except TableError as exc:
-            failed[name] = str(exc)
-            logger.error("table %s cannot be planned: %s", name, exc)
-    for item in items:
-        for warning in item.warnings:
-            logger.warning("table %s: %s", item.table, warning)
+    unchanged: list[str] = []
+    for name, decision in zip(selected, decisions, strict=True):
+        if isinstance(decision, TableError):
+            failed[name] = str(decision)
+            logger.error("table %s cannot be planned: %s", name, decision)
+        elif decision == _UNCHANGED:
+            unchanged.append(name)
+        elif isinstance(decision, str):
+            skipped[name] = decision
+            logger.warning("table %s skipped: %s", name, decision)
+        else:
+            items.append(decision)
+            for warning in decision.warnings:
+                logger.warning("table %s: %s", name, warning)
     return Plan(
         run_id=run_id,
         created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
@@ -197,36 +250,183 @@ def plan_run(
         failed=failed,
         skipped=skipped,
         warnings=warnings,
+        unchanged=unchanged,
     )
+
+
+_UNCHANGED = "unchanged"
+_NO_DATA = "no data files yet; its state is left as it was"
+
+
+def _plan_table(
+    name: str,
+    *,
+    catalog: Catalog,
+    registry: Registry,
+    tracker: TableState | None,
+    layout: Layout,
+    run_id: str,
+    requested: LoadType | None,
+    settle: int,
+) -> WorkItem | str:
+    """The table's work item, or why it has none (unchanged, or no data yet)."""
+    listing = catalog.list_files(name)
+    if listing is not None and not listing.files:
+        return _NO_DATA
+    settings = registry.settings_for(name)
+    incremental_by = (settings.incremental_by if settings else None) or (
+        IncrementalBy.ARRIVAL if listing is not None else IncrementalBy.WATERMARK
+    )
+    if incremental_by is IncrementalBy.ARRIVAL and listing is None:
+        raise TableError(
+            name,
+            "the registry reads it by arrival, but its source has no files to list (its location is not "
+            "a folder of files); set incremental_by to watermark in the registry",
+        )
+    warnings: list[str] = []
+    load_type = _load_type(requested, tracker, incremental_by, warnings)
+    cursor = FileCursor()
+    if load_type is LoadType.INCREMENTAL and tracker is not None and tracker.cursor is not None:
+        cursor = FileCursor.from_json(tracker.cursor)
+        if (
+            listing is not None
+            and not cursor.new_files(listing.files)
+            and _same_settings(tracker, settings or TableSettings.default(name))
+        ):
+            return _UNCHANGED
+
+    def build(load_type: LoadType, cursor: FileCursor) -> WorkItem | str:
+        applied = cursor.new_files(listing.files) if listing is not None else []
+        files: list[str] | None = None
+        if listing is not None:
+            files = [f.path for f in (applied if incremental_by is IncrementalBy.ARRIVAL else listing.files)]
+        table = catalog.describe(name, files)
+        if not table.has_data:
+            return _NO_DATA
+        item = _work_item(
+            table,
+            settings=settings,
+            registry_source=registry.source,
+            tracker=tracker,
+            layout=layout,
+            run_id=run_id,
+            load_type=load_type,
+            incremental_by=incremental_by,
+            warnings=list(warnings),
+        )
+        if listing is None:
+            return item
+        data = item.to_json()
+        data.update(
+            files=files,
+            location=listing.location,
+            next_cursor=cursor.advance(applied, listing.reference, settle).to_json(),
+        )
+        return WorkItem(**data)
+
+    item = build(load_type, cursor)
+    if isinstance(item, WorkItem) and item.load_type != load_type.value:
+        # The settings call for a full load (they changed, or no watermark): read every file.
+        warnings = item.warnings
+        item = build(LoadType.FULL, FileCursor())
+        if isinstance(item, WorkItem):
+            item = WorkItem(**{**item.to_json(), "warnings": warnings})
+    return item
+
+
+def _same_settings(tracker: TableState, settings: TableSettings) -> bool:
+    """Whether the registry still keys, orders and deletes the table as its snapshot was built
+    (compared ignoring case, without reading the table's columns)."""
+
+    def lower(value: str | None) -> str | None:
+        return value.lower() if value else None
+
+    watermark = settings.watermark_column if settings.watermark_column_explicit else None
+    return (
+        tuple(map(str.lower, settings.primary_key)) == tuple(map(str.lower, tracker.primary_key))
+        and lower(settings.sequence_column) == lower(tracker.sequence_column)
+        and lower(settings.delete_column) == lower(tracker.delete_column)
+        and tuple(settings.delete_values) == tuple(tracker.delete_values)
+        and settings.watermark_unit == tracker.watermark_unit
+        and (watermark is None or lower(watermark) == lower(tracker.watermark_column))
+    )
+
+
+def _load_type(
+    requested: LoadType | None, tracker: TableState | None, incremental_by: IncrementalBy, warnings: list[str]
+) -> LoadType:
+    """The load type the read mode and the tracker allow; the settings are checked in _work_item."""
+    if requested is LoadType.FULL:
+        return LoadType.FULL
+    if tracker is None:
+        warnings.append("no committed tracker: full load")
+        return LoadType.FULL
+    # Trackers written before arrival reads (state format 1) read by watermark.
+    was = IncrementalBy(tracker.incremental_by or IncrementalBy.WATERMARK)
+    if was is not incremental_by:
+        if tracker.incremental_by is None:
+            reason = "its tracker predates reading by arrival and records no files"
+        else:
+            reason = f"it was read by {was.value}"
+        warnings.append(f"now read by {incremental_by.value}, but {reason}: one full load")
+        return LoadType.FULL
+    if incremental_by is IncrementalBy.ARRIVAL and tracker.cursor is None:
+        warnings.append("its tracker records no files: full load")
+        return LoadType.FULL
+    return LoadType.INCREMENTAL
+
+
+def _resolve_named(
+    table: CatalogTable, settings: TableSettings, registry_source: str, warnings: list[str]
+) -> dict[str, str | None]:
+    """The registry's columns in the table's spelling (names match ignoring case)."""
+    try:
+        columns = by_lower_name(table.column_names(), f"table {table.name!r}")
+    except AmbiguousColumnError as exc:
+        raise TableError(table.name, str(exc)) from exc
+    resolved: dict[str, str | None] = {}
+    for field_name, column in settings.named_columns().items():
+        found = resolve(column, columns)
+        if found is None and field_name in ("sequence_column", "delete_column"):
+            # DMS full-load files carry no Op column: rows without it are not deletes.
+            warnings.append(
+                f"{field_name} {column!r} is in none of the files read: their rows have no "
+                f"{'sequence' if field_name == 'sequence_column' else 'delete marker'}"
+            )
+        elif found is None:
+            raise TableError(
+                table.name,
+                f"registry {registry_source} names {field_name} {column!r}, which the table lacks; its "
+                f"columns are {', '.join(columns.values())}. Fix the registry row (or the source table)",
+            )
+        resolved[field_name] = found or column
+    if not settings.watermark_column_explicit:
+        resolved["watermark_column"] = resolve(settings.watermark_column, columns)
+    return resolved
 
 
 def _work_item(
     table: CatalogTable,
     *,
-    registry: Registry,
-    state: StateDocument,
+    settings: TableSettings | None,
+    registry_source: str,
+    tracker: TableState | None,
     layout: Layout,
     run_id: str,
-    requested: LoadType | None,
+    load_type: LoadType,
+    incremental_by: IncrementalBy,
+    warnings: list[str],
 ) -> WorkItem:
-    warnings: list[str] = []
-    settings = registry.settings_for(table.name)
     if settings is None:
         settings = TableSettings.default(table.name)
         warnings.append("not in the registry: no primary key, rows are appended without deduplication")
     elif not settings.primary_key:
         warnings.append("registry gives no primary key: rows are appended without deduplication")
-
-    columns = table.column_names()
-    for field_name, column in settings.named_columns().items():
-        if column not in columns:
-            raise TableError(
-                table.name,
-                f"registry {registry.source} names {field_name} {column!r}, which the table lacks; its "
-                f"columns are {', '.join(columns)}. Fix the registry row (or the source table)",
-            )
-
-    watermark_column: str | None = settings.watermark_column
+    named = _resolve_named(table, settings, registry_source, warnings)
+    primary_key = [named[f"primary_key ({column})"] or column for column in settings.primary_key]
+    sequence_column = named.get("sequence_column")
+    delete_column = named.get("delete_column")
+    watermark_column = named.get("watermark_column")
     if watermark_column in table.partition_keys:
         raise TableError(
             table.name,
@@ -234,20 +434,20 @@ def _work_item(
             "files, so it cannot order versions to the microsecond; name a timestamp column inside the "
             "files as watermark_column in the registry",
         )
-    if watermark_column not in columns:
+    if watermark_column is None:
+        how = (
+            "versions of a key are ordered by the sequence column, then by arrival"
+            if incremental_by is IncrementalBy.ARRIVAL
+            else "the table is fully reloaded every run"
+        )
         warnings.append(
-            f"no watermark column {watermark_column!r}: the table is fully reloaded every run and "
-            "keeps no watermark"
+            f"no watermark column {settings.watermark_column!r}: {how}, and it keeps no watermark"
         )
-        watermark_column = None
-    elif (kind := table.column_type(watermark_column)) not in WATERMARK_TYPES:
-        raise TableError(
-            table.name,
-            f"watermark column {watermark_column!r} has type {kind}; a watermark must be one of "
-            f"{', '.join(sorted(WATERMARK_TYPES))}. Name another column as watermark_column in the "
-            "registry, or cast this one in the source",
-        )
-    if not settings.primary_key:
+    else:
+        _check_watermark_type(table, watermark_column, settings)
+
+    keyed = bool(settings.primary_key)
+    if not keyed:
         ignored = {
             "delete_column": "there is no row for a delete to remove",
             "sequence_column": "no versions of a key are compared",
@@ -260,41 +460,46 @@ def _work_item(
                 )
     elif watermark_column is None and not settings.sequence_column:
         warnings.append(
-            "keyed, but with neither a watermark nor a sequence column: when a key has several versions, "
-            "the one kept is chosen by content, not recency; set sequence_column in the registry"
+            "keyed, but with neither a watermark nor a sequence column: when a key has several versions "
+            "in one run, the one kept is chosen by content, not recency; set sequence_column in the registry"
+        )
+    if settings.lookback and incremental_by is IncrementalBy.ARRIVAL:
+        warnings.append(
+            f"lookback {settings.lookback!r} is ignored: the table is read by arrival, not by watermark"
         )
 
-    mode = Mode.DEDUP if settings.primary_key else Mode.APPEND
+    mode = Mode.DEDUP if keyed else Mode.APPEND
     dedup_settings = (
         mode.value,
-        settings.primary_key,
-        settings.sequence_column,
-        settings.delete_column,
+        tuple(primary_key),
+        sequence_column,
+        delete_column,
         settings.delete_values,
+        settings.watermark_unit,
     )
-    tracker = state.tables.get(table.name)
-    if requested is LoadType.FULL or watermark_column is None:
-        load_type = LoadType.FULL
-    elif tracker is None:
-        load_type = LoadType.FULL
-        warnings.append("no committed tracker: full load")
-    elif tracker.watermark is None or tracker.watermark_column != watermark_column:
-        load_type = LoadType.FULL
-        warnings.append(
-            f"tracker has no watermark on column {watermark_column!r} (was "
-            f"{tracker.watermark_column!r}): full load"
-        )
-    elif tracker.dedup_settings() != dedup_settings:
-        load_type = LoadType.FULL
-        warnings.append(
-            "registry changed how rows are keyed, ordered or deleted since the last commit "
-            f"(was key {list(tracker.primary_key)}, sequence {tracker.sequence_column!r}, delete column "
-            f"{tracker.delete_column!r}): full load to rebuild the snapshot"
-        )
-    else:
-        load_type = LoadType.INCREMENTAL
+    if load_type is LoadType.INCREMENTAL and tracker is not None:
+        if incremental_by is IncrementalBy.WATERMARK and watermark_column is None:
+            load_type = LoadType.FULL
+        elif incremental_by is IncrementalBy.WATERMARK and (
+            tracker.watermark is None or tracker.watermark_column != watermark_column
+        ):
+            load_type = LoadType.FULL
+            warnings.append(
+                f"tracker has no watermark on column {watermark_column!r} (was "
+                f"{tracker.watermark_column!r}): full load"
+            )
+        elif tracker.dedup_settings() != dedup_settings or (
+            tracker.watermark_column != watermark_column and tracker.watermark_column is not None
+        ):
+            load_type = LoadType.FULL
+            warnings.append(
+                "registry changed how rows are keyed, ordered or deleted since the last commit "
+                f"(was key {list(tracker.primary_key)}, ordering {tracker.watermark_column!r}, sequence "
+                f"{tracker.sequence_column!r}, delete column {tracker.delete_column!r}): full load to "
+                "rebuild the snapshot"
+            )
 
-    incremental = load_type is LoadType.INCREMENTAL
+    incremental = load_type is LoadType.INCREMENTAL and tracker is not None
     return WorkItem(
         run_id=run_id,
         table=table.name,
@@ -304,12 +509,12 @@ def _work_item(
         partition_keys=list(table.partition_keys),
         mode=mode.value,
         load_type=load_type.value,
-        primary_key=list(settings.primary_key),
+        primary_key=primary_key,
         watermark_column=watermark_column,
-        sequence_column=settings.sequence_column,
-        delete_column=settings.delete_column,
-        delete_values=list(settings.delete_values),
-        lookback_micros=settings.lookback_micros,
+        sequence_column=sequence_column if keyed else None,
+        delete_column=delete_column if keyed else None,
+        delete_values=list(settings.delete_values) if keyed else [],
+        lookback_micros=settings.lookback_micros if incremental_by is IncrementalBy.WATERMARK else 0,
         last_watermark=tracker.watermark if incremental and tracker else None,
         current_snapshot=tracker.location if incremental and tracker else None,
         output_location=layout.snapshot(table.name, run_id),
@@ -317,4 +522,33 @@ def _work_item(
         manifest_location=layout.manifest(table.name, run_id),
         read_options=dict(table.options),
         warnings=warnings,
+        incremental_by=incremental_by.value,
+        watermark_unit=settings.watermark_unit,
+        current_tombstones=tracker.tombstones if incremental and tracker else None,
+        tombstones_location=layout.tombstones(table.name, run_id) if keyed and delete_column else None,
+        tombstone_retention_micros=settings.tombstone_retention_micros,
     )
+
+
+def _check_watermark_type(table: CatalogTable, column: str, settings: TableSettings) -> None:
+    type_name = normalise_type(table.column_type(column) or "void")
+    unit = settings.watermark_unit
+    if type_name in INTEGER_TYPES and unit is None:
+        raise TableError(
+            table.name,
+            f"watermark column {column!r} holds integers ({type_name}); say what they count with "
+            "watermark_unit in the registry: seconds, milliseconds or microseconds since 1970-01-01 UTC",
+        )
+    if unit is not None and type_name not in INTEGER_TYPES:
+        raise TableError(
+            table.name,
+            f"the registry gives watermark_unit {unit!r}, but watermark column {column!r} is a "
+            f"{type_name}, not an integer epoch; leave watermark_unit blank",
+        )
+    if type_name not in TIME_TYPES | INTEGER_TYPES | {"string"}:
+        raise TableError(
+            table.name,
+            f"watermark column {column!r} has type {type_name}; it must be a timestamp, timestamp_ntz, "
+            "date, ISO-8601 string or integer epoch (with watermark_unit). Name another column as "
+            "watermark_column in the registry, or cast this one in the source",
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +18,30 @@ from cdc_pipeline.watermark import parse_lookback
 
 DEFAULT_WATERMARK_COLUMN = "updated_at"
 REQUIRED_COLUMNS = ("table_name", "primary_key")
-OPTIONAL_COLUMNS = ("watermark_column", "sequence_column", "delete_column", "delete_values", "lookback")
+OPTIONAL_COLUMNS = (
+    "watermark_column",
+    "sequence_column",
+    "delete_column",
+    "delete_values",
+    "lookback",
+    "incremental_by",
+    "watermark_unit",
+    "tombstone_retention",
+)
+DEFAULT_TOMBSTONE_RETENTION = "P30D"
+
+
+class IncrementalBy(StrEnum):
+    """What an incremental run reads: the files that arrived since the last commit (the default
+    wherever the table's files can be listed), or the rows stamped at or after the watermark."""
+
+    ARRIVAL = "arrival"
+    WATERMARK = "watermark"
+
+
+# An integer watermark column counts time since the epoch in this unit (named in the registry).
+EPOCH_UNITS = {"seconds": 1_000_000, "milliseconds": 1_000, "microseconds": 1}
+_UNIT_ALIASES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,12 @@ class TableSettings:
     delete_values: tuple[str, ...] = ()
     lookback: str | None = None
     lookback_micros: int = 0
+    incremental_by: IncrementalBy | None = None
+    watermark_unit: str | None = None
+    tombstone_retention: str = DEFAULT_TOMBSTONE_RETENTION
+    tombstone_retention_micros: int = field(
+        default_factory=lambda: parse_lookback(DEFAULT_TOMBSTONE_RETENTION)
+    )
 
     @classmethod
     def default(cls, table_name: str) -> TableSettings:
@@ -177,6 +207,28 @@ def _parse_row(row: dict[str, str], source: str, line_number: int) -> TableSetti
         lookback_micros = parse_lookback(lookback) if lookback else 0
     except ValueError as exc:
         raise RegistryError(f"{where}: table {table_name!r}: {exc}") from exc
+    incremental_by = row.get("incremental_by", "").lower() or None
+    if incremental_by is not None and incremental_by not in set(IncrementalBy):
+        raise RegistryError(
+            f"{where}: table {table_name!r} has incremental_by {row['incremental_by']!r}; write "
+            "arrival (read the files that arrived since the last run, the default) or watermark (read "
+            "the rows stamped at or after the last watermark)"
+        )
+    unit = row.get("watermark_unit", "").lower() or None
+    unit = _UNIT_ALIASES.get(unit, unit) if unit else None
+    if unit is not None and unit not in EPOCH_UNITS:
+        raise RegistryError(
+            f"{where}: table {table_name!r} has watermark_unit {row['watermark_unit']!r}; an integer "
+            f"watermark column counts {', '.join(EPOCH_UNITS)} (or s, ms, us) since 1970-01-01 UTC"
+        )
+    retention = row.get("tombstone_retention", "") or DEFAULT_TOMBSTONE_RETENTION
+    try:
+        retention_micros = parse_lookback(retention)
+    except ValueError as exc:
+        raise RegistryError(
+            f"{where}: table {table_name!r}: tombstone_retention {retention!r} is not an ISO-8601 duration "
+            "in weeks, days, hours, minutes or seconds (e.g. P30D)"
+        ) from exc
     return TableSettings(
         table_name=table_name,
         primary_key=primary_key,
@@ -187,4 +239,8 @@ def _parse_row(row: dict[str, str], source: str, line_number: int) -> TableSetti
         delete_values=delete_values,
         lookback=lookback,
         lookback_micros=lookback_micros,
+        incremental_by=IncrementalBy(incremental_by) if incremental_by else None,
+        watermark_unit=unit,
+        tombstone_retention=retention,
+        tombstone_retention_micros=retention_micros,
     )

@@ -7,7 +7,17 @@ from collections.abc import Sequence
 from cdc_pipeline.commit import CommitReport, TableOutcome
 from cdc_pipeline.state import StateDocument
 
-_HEADERS = ("table", "status", "load", "read", "written", "set aside", "watermark before -> after", "seconds")
+_HEADERS = (
+    "table",
+    "status",
+    "load",
+    "files",
+    "read",
+    "written",
+    "set aside",
+    "watermark before -> after",
+    "seconds",
+)
 
 
 def render_report(report: CommitReport) -> str:
@@ -20,7 +30,12 @@ def render_report(report: CommitReport) -> str:
         lines += ["", "warnings and errors:"]
         lines += [f"  {table}: {message}" for table, message in notes]
     failed = len(report.failed)
-    lines += ["", f"{len(report.outcomes) - failed} of {len(report.outcomes)} table(s) ok, {failed} failed"]
+    unchanged = sum(1 for o in report.outcomes if o.status == "unchanged")
+    lines += [
+        "",
+        f"{len(report.outcomes) - failed} of {len(report.outcomes)} table(s) ok ({unchanged} unchanged), "
+        f"{failed} failed",
+    ]
     return "\n".join(lines)
 
 
@@ -44,6 +59,7 @@ def _row(outcome: TableOutcome) -> tuple[str, ...]:
         outcome.table,
         outcome.status,
         outcome.load_type or "-",
+        number(outcome.files_read),
         number(outcome.rows_read),
         number(outcome.rows_written),
         number(outcome.rows_set_aside),

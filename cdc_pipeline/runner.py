@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, settle_micros
 from cdc_pipeline.catalog import LocalCatalog, NoOutputCatalog
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS, CommitReport
 from cdc_pipeline.errors import ConfigurationError, TableError
@@ -44,11 +45,16 @@ class RunSettings:
     tables: tuple[str, ...] = ()
     parallelism: int = DEFAULT_PARALLELISM
     retained_snapshots: int = DEFAULT_RETAINED_SNAPSHOTS
+    settle_window: str = DEFAULT_SETTLE_WINDOW
     run_id: str = field(default_factory=new_run_id)
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
             raise ConfigurationError(f"--parallelism must be at least 1, got {self.parallelism}")
+        try:
+            settle_micros(self.settle_window)
+        except ValueError as exc:
+            raise ConfigurationError(f"--settle-window: {exc}") from exc
         if self.retained_snapshots < 1:
             raise ConfigurationError(
                 f"--retain-snapshots must be at least 1 (the current snapshot), got {self.retained_snapshots}"
@@ -111,7 +117,10 @@ def _run(settings: RunSettings, layout: Layout, spark: SparkSession | None, say:
         run_id=settings.run_id,
         load_type=settings.load_type,
         tables=list(settings.tables) or None,
+        settle_window=settings.settle_window,
     )
+    for table in plan.unchanged:
+        say(table, "unchanged: no new file since its last commit")
     for table, reason in plan.skipped.items():
         say(table, f"skipped: {reason}")
     for table, error in plan.failed.items():
@@ -156,9 +165,10 @@ def _ingest_all(
                 failures[item.table] = f"unexpected {type(exc).__name__}: {exc}"
                 say(item.table, f"FAILED: {failures[item.table]}")
             else:
+                files = "" if manifest.files_read is None else f"{manifest.files_read} file(s), "
                 say(
                     item.table,
-                    f"ingested in {manifest.duration_s:.1f}s: {manifest.rows_read} read, "
+                    f"ingested in {manifest.duration_s:.1f}s: {files}{manifest.rows_read} rows read, "
                     f"{manifest.rows_written} in snapshot",
                 )
     return failures

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, settle_micros
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS
 from cdc_pipeline.errors import ConfigurationError
 
@@ -44,9 +45,15 @@ class PlanSettings:
     registry_prefix: str
     table_include: tuple[str, ...] = ()
     table_exclude: tuple[str, ...] = ()
+    settle_window: str = DEFAULT_SETTLE_WINDOW
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PlanSettings:
+        settle_window = environ.get("SETTLE_WINDOW", "").strip() or DEFAULT_SETTLE_WINDOW
+        try:
+            settle_micros(settle_window)
+        except ValueError as exc:
+            raise ConfigurationError(f"environment variable SETTLE_WINDOW: {exc}") from exc
         return cls(
             source_database=_required(environ, "SOURCE_DATABASE", "the source Glue database"),
             output_path=_s3_uri(environ, "OUTPUT_PATH", "where snapshots are written"),
@@ -54,6 +61,7 @@ class PlanSettings:
             registry_prefix=_s3_uri(environ, "REGISTRY_PREFIX", "the table-settings registry prefix"),
             table_include=_patterns(environ, "TABLE_INCLUDE"),
             table_exclude=_patterns(environ, "TABLE_EXCLUDE"),
+            settle_window=settle_window,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
 from cdc_pipeline.catalog import Catalog, OutputCatalog, PublishedTable
 from cdc_pipeline.commit import IO_THREADS, CommitReport, commit_run
 from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
@@ -30,6 +31,7 @@ def plan_stage(
     run_id: str,
     load_type: LoadType | None = None,
     tables: list[str] | None = None,
+    settle_window: str = DEFAULT_SETTLE_WINDOW,
 ) -> Plan:
     """Plan a run and write its plan and its item list (the Distributed Map's input)."""
     registry = load_registry(registry_source)
@@ -43,6 +45,7 @@ def plan_stage(
         run_id=run_id,
         load_type=load_type,
         tables=tables,
+        settle_window=settle_window,
     )
     storage.write_json(layout.plan(run_id), plan.to_json())
     # Each work item in a file of its own, and the Map's list names them: a child execution's input

@@ -18,10 +18,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from cdc_pipeline.arrivals import FileCursor
 from cdc_pipeline.errors import CommitConflictError, StateCorruptError
 from cdc_pipeline.watermark import Watermark
 
-FORMAT_VERSION = 1
+# 2 added the file cursor, the read mode, the epoch unit and the tombstones of each table; a
+# format-1 document is read as it is (its tables have none of those yet).
+FORMAT_VERSION = 2
+READABLE_FORMATS = frozenset({1, 2})
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
 HISTORY_DIR = "history"
@@ -44,6 +48,13 @@ class TableState:
     sequence_column: str | None = None
     delete_column: str | None = None
     delete_values: tuple[str, ...] = ()
+    incremental_by: str | None = None
+    # What the snapshot has applied, for tables read by arrival (arrivals.FileCursor as JSON).
+    cursor: dict[str, Any] | None = None
+    watermark_unit: str | None = None
+    # The keys deleted within the table's tombstone retention, beside the snapshot (never in it).
+    tombstones: str | None = None
+    previous_tombstones: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.watermark is not None:
@@ -52,10 +63,28 @@ class TableState:
             raise ValueError(f"location {self.location!r} is not a location")
         if not isinstance(self.rows, int) or isinstance(self.rows, bool) or self.rows < 0:
             raise ValueError(f"rows {self.rows!r} is not a row count")
+        if self.cursor is not None:
+            FileCursor.from_json(self.cursor)  # raises ValueError on anything but a cursor
 
     def dedup_settings(self) -> tuple[object, ...]:
         """What decides a key's current version; a change invalidates the snapshot."""
-        return (self.mode, self.primary_key, self.sequence_column, self.delete_column, self.delete_values)
+        return (
+            self.mode,
+            self.primary_key,
+            self.sequence_column,
+            self.delete_column,
+            self.delete_values,
+            self.watermark_unit,
+        )
+
+    def locations(self) -> set[str]:
+        """Every folder this tracker keeps: snapshots and tombstones, current and retained."""
+        return {
+            self.location,
+            *self.previous_locations,
+            *([self.tombstones] if self.tombstones else []),
+            *self.previous_tombstones,
+        }
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -68,7 +97,7 @@ class TableState:
         return cls(**{**data, **{name: tuple(data.get(name, ())) for name in _TUPLES}})
 
 
-_TUPLES = ("previous_locations", "primary_key", "delete_values")
+_TUPLES = ("previous_locations", "primary_key", "delete_values", "previous_tombstones")
 
 
 @dataclass(frozen=True)
@@ -92,8 +121,11 @@ class StateDocument:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str) -> StateDocument:
         try:
-            if data.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+            if data.get("format_version") not in READABLE_FORMATS:
+                raise ValueError(
+                    f"format_version {data.get('format_version')!r}, expected one of "
+                    f"{sorted(READABLE_FORMATS)}"
+                )
             return cls(
                 revision=int(data["revision"]),
                 run_id=data.get("run_id"),

@@ -53,12 +53,14 @@ def plan_task(
         run_id=new_run_id(),
         load_type=LoadType(requested) if requested else None,
         tables=tables or None,
+        settle_window=settings.settle_window,
     )
     items_bucket, items_key = parse_s3_uri(layout.items(plan.run_id))
     logger.info(
-        "run %s planned: %d table(s) to ingest, %d failed in plan, %d skipped",
+        "run %s planned: %d table(s) to ingest, %d unchanged, %d failed in plan, %d skipped",
         plan.run_id,
         len(plan.items),
+        len(plan.unchanged),
         len(plan.failed),
         len(plan.skipped),
     )
@@ -67,6 +69,7 @@ def plan_task(
         "items_bucket": items_bucket,
         "items_key": items_key,
         "item_count": len(plan.items),
+        "unchanged_count": len(plan.unchanged),
         "plan_location": layout.plan(plan.run_id),
     }
 

@@ -1,14 +1,18 @@
 """The transformations of an ingest, as functions of DataFrames with no I/O inside.
 
 Vocabulary: the *record key* is the primary key; the *ordering* of a key's versions is
-(watermark column, sequence column, source rank, content hash), greatest wins. The source rank
-makes a version read in this run win over the snapshot's copy of the same (watermark, sequence),
-and the content hash settles any tie left, so the result never depends on file or task order.
+(ordering value, sequence column, source rank, content hash), greatest wins. The ordering value is
+the watermark column as exact microseconds (:func:`ordering_micros`), whatever its type. The source
+rank makes a version read in this run win over the snapshot's copy of the same (ordering value,
+sequence), and the content hash settles any tie left, so the result never depends on file or task
+order. A *tombstone* remembers a deleted key with the ordering of its delete, so that a late, older
+version cannot bring the key back; tombstones live beside the snapshot, never in it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from pyspark.sql import Column, DataFrame, Window
@@ -20,6 +24,10 @@ from cdc_pipeline.watermark import Watermark, WatermarkKind
 RANK_COLUMN = "_cdc_source_rank"
 SNAPSHOT_RANK = 0
 BATCH_RANK = 1
+ORDER_COLUMN = "_cdc_order"  # the ordering value, microseconds since the epoch (UTC)
+DELETED_AT = "_cdc_deleted_at"  # in tombstones: when the delete was applied, microseconds
+_DELETED = "_cdc_deleted"
+_LONG_MAX = 2**63 - 1
 _TIEBREAK = "_cdc_tiebreak"
 _WINNER = "_cdc_winner"
 _ROW_NUMBER = "_cdc_row_number"
@@ -38,13 +46,42 @@ def col(name: str) -> Column:
 
 
 def watermark_kind(data_type: T.DataType) -> WatermarkKind | None:
+    """How a watermark on a column of this type is written: ISO-8601 strings and integer epochs
+    name instants, so their watermark is a ``timestamp``."""
     if isinstance(data_type, T.TimestampNTZType):
         return WatermarkKind.TIMESTAMP_NTZ
-    if isinstance(data_type, T.TimestampType):
+    if isinstance(data_type, T.TimestampType | T.StringType | T.IntegralType):
         return WatermarkKind.TIMESTAMP
     if isinstance(data_type, T.DateType):
         return WatermarkKind.DATE
     return None
+
+
+def is_time_type(data_type: T.DataType) -> bool:
+    return isinstance(data_type, T.TimestampType | T.TimestampNTZType | T.DateType)
+
+
+def ordering_micros(column: str, data_type: T.DataType, unit_micros: int | None) -> Column:
+    """The column's value as exact integer microseconds on the UTC clock, NULL when it is NULL or
+    cannot be read as a time: ISO-8601 text (offsets allowed, mixed offsets ordered by instant; no
+    offset means UTC) or an integer count of ``unit_micros`` since the epoch."""
+    if isinstance(data_type, T.StringType):
+        return F.unix_micros(F.expr(f"try_cast({_sql_name(column)} AS timestamp)"))
+    if isinstance(data_type, T.IntegralType):
+        if unit_micros is None:
+            raise ValueError(f"integer ordering column {column!r} needs a unit")
+        value = col(column).cast("long")
+        limit = _LONG_MAX // unit_micros
+        return F.when(F.abs(value) <= F.lit(limit), value * F.lit(unit_micros))
+    if is_time_type(data_type):
+        kind = watermark_kind(data_type)
+        assert kind is not None
+        return watermark_micros(column, kind)
+    raise ValueError(f"column {column!r} of type {data_type.simpleString()} cannot order versions")
+
+
+def _sql_name(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
 
 
 def watermark_literal(watermark: Watermark, kind: WatermarkKind) -> Column:
@@ -86,15 +123,17 @@ def latest_per_key(
     primary_key: Sequence[str],
     ordering: Sequence[str],
     strategy: DedupStrategy = DedupStrategy.AGGREGATE,
+    keep: Sequence[str] = (),
 ) -> DataFrame:
     """One row per key: the greatest by ``ordering`` then source rank, then content hash.
 
     ``df`` may carry RANK_COLUMN (snapshot vs batch); it is dropped from the result. A null in an
     ordering column sorts below every value, so an unstamped version never beats a stamped one.
+    ``keep`` are bookkeeping columns carried with the winner but left out of the content hash.
     """
     if RANK_COLUMN not in df.columns:
         df = df.withColumn(RANK_COLUMN, F.lit(BATCH_RANK))
-    data_fields = [field for field in df.schema.fields if field.name != RANK_COLUMN]
+    data_fields = [field for field in df.schema.fields if field.name not in (RANK_COLUMN, *keep)]
     data_columns = [field.name for field in data_fields]
     # Maps can be neither hashed nor compared: hash their JSON text, and rank rows with a window
     # (whose ordering holds only the ordering columns) instead of comparing whole-row structs.
@@ -103,6 +142,7 @@ def latest_per_key(
         strategy = DedupStrategy.WINDOW
     df = df.withColumn(_TIEBREAK, F.xxhash64(*hashed))
     order_columns = [*ordering, RANK_COLUMN, _TIEBREAK]
+    data_columns += list(keep)
 
     if strategy is DedupStrategy.WINDOW:
         window = Window.partitionBy(*(col(c) for c in primary_key)).orderBy(
@@ -141,6 +181,14 @@ def drop_deleted(df: DataFrame, delete_column: str | None, delete_values: Sequen
     return df.filter(~F.coalesce(is_delete, F.lit(False)))
 
 
+@dataclass(frozen=True)
+class Merged:
+    """A merge's result: the new snapshot, and the tombstones to keep beside it (None: no deletes)."""
+
+    snapshot: DataFrame
+    tombstones: DataFrame | None
+
+
 def merge_into_snapshot(
     snapshot: DataFrame | None,
     batch: DataFrame,
@@ -150,20 +198,66 @@ def merge_into_snapshot(
     delete_column: str | None,
     delete_values: Sequence[str],
     strategy: DedupStrategy = DedupStrategy.AGGREGATE,
-) -> DataFrame:
-    """The new current state: the newest version of every key in the snapshot and the batch, deletes removed.
+    tombstones: DataFrame | None = None,
+    now_micros: int = 0,
+    tombstone_retention_micros: int | None = None,
+) -> Merged:
+    """The new current state: per key, the newest version among the batch, the snapshot and the
+    tombstones; a key whose newest version is a delete leaves the snapshot and becomes a tombstone.
 
-    Deduplicating the batch and merging it into the snapshot is one aggregation over their union:
-    an older version, from either side, never overwrites a newer one.
+    Only keys the batch holds are compared: the batch is deduplicated on its own, then meets the
+    snapshot rows and tombstones of its keys; every other snapshot row is carried as it is. Since
+    "newest" is a maximum, this equals one aggregation over all of them. ``tombstones`` hold the
+    key, the ordering columns and DELETED_AT; those older than ``tombstone_retention_micros``
+    (before ``now_micros``) are dropped, and a new one is stamped ``now_micros``.
     """
-    combined = batch.withColumn(RANK_COLUMN, F.lit(BATCH_RANK))
+    is_delete = (
+        F.coalesce(col(delete_column).cast("string").isin(list(delete_values)), F.lit(False))
+        if delete_column and delete_column in batch.columns
+        else F.lit(False)
+    )
+    latest = latest_per_key(batch, primary_key, ordering, strategy)
+    keys = latest.select(*map(col, primary_key))
+    data_columns = list(batch.columns)
+    candidates = latest.withColumn(RANK_COLUMN, F.lit(BATCH_RANK)).withColumn(_DELETED, is_delete)
+    candidates = candidates.withColumn(DELETED_AT, F.lit(None).cast("long"))
+    kept_snapshot = None
     if snapshot is not None:
-        combined = snapshot.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK)).unionByName(
-            combined, allowMissingColumns=True
+        data_columns = _source_order(batch, snapshot)
+        hits = snapshot.join(keys, list(primary_key), "left_semi")
+        candidates = candidates.unionByName(
+            hits.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK))
+            .withColumn(_DELETED, F.lit(False))
+            .withColumn(DELETED_AT, F.lit(None).cast("long")),
+            allowMissingColumns=True,
         )
-        combined = combined.select(*map(col, _source_order(batch, snapshot)), col(RANK_COLUMN))
-    latest = latest_per_key(combined, primary_key, ordering, strategy)
-    return drop_deleted(latest, delete_column, delete_values)
+        kept_snapshot = snapshot.join(keys, list(primary_key), "left_anti")
+    kept_tombstones = None
+    if tombstones is not None:
+        hits = tombstones.join(keys, list(primary_key), "left_semi")
+        candidates = candidates.unionByName(
+            hits.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK)).withColumn(_DELETED, F.lit(True)),
+            allowMissingColumns=True,
+        )
+        kept_tombstones = tombstones.join(keys, list(primary_key), "left_anti")
+        if tombstone_retention_micros is not None:
+            kept_tombstones = kept_tombstones.filter(
+                col(DELETED_AT) > F.lit(now_micros - tombstone_retention_micros)
+            )
+    winners = latest_per_key(candidates, primary_key, ordering, strategy, keep=(_DELETED, DELETED_AT))
+    current = winners.filter(~col(_DELETED)).select(*map(col, data_columns))
+    if kept_snapshot is not None:
+        current = kept_snapshot.select(*map(col, data_columns)).unionByName(current)
+    if not delete_column:
+        return Merged(current, None)
+    tombstone_columns = [*primary_key, *(c for c in ordering if c not in primary_key)]
+    deleted = winners.filter(col(_DELETED)).select(
+        *map(col, tombstone_columns),
+        F.coalesce(col(DELETED_AT), F.lit(now_micros)).alias(DELETED_AT),
+    )
+    if kept_tombstones is not None:
+        deleted = kept_tombstones.select(*map(col, tombstone_columns), col(DELETED_AT)).unionByName(deleted)
+    return Merged(current, deleted)
 
 
 def append_rows(snapshot: DataFrame | None, batch: DataFrame) -> DataFrame:

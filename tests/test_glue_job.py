@@ -41,7 +41,10 @@ class OneTableCatalog:
     def table_names(self) -> list[str]:
         return [self.table.name]
 
-    def describe(self, name: str) -> CatalogTable:
+    def list_files(self, name: str) -> None:
+        return None  # read by watermark, from the whole location
+
+    def describe(self, name: str, files=None) -> CatalogTable:
         return self.table
 
 
@@ -130,6 +133,8 @@ def test_unsupported_format_fails_the_job_naming_the_table(tmp_path, spark) -> N
 
 def test_work_item_argument_must_be_a_work_item() -> None:
     with pytest.raises(ConfigurationError, match="not one the Plan Lambda writes"):
+        parse_work_item(["--work_item", '{"table": "x", "format_version": 2}'])
+    with pytest.raises(ConfigurationError, match="has format None; this cdc-pipeline reads format 2"):
         parse_work_item(["--work_item", '{"table": "x"}'])
     with pytest.raises(SystemExit):
         parse_work_item(["--JOB_ID", "j_1"])

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from cdc_pipeline.arrivals import FileListing
 from cdc_pipeline.catalog import CatalogTable, Column
 from cdc_pipeline.errors import ConfigurationError, TableError
 from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
@@ -25,13 +26,22 @@ LAYOUT = Layout(output_path="/lake/current", cdc_path="/lake/state")
 
 
 class FakeCatalog:
-    def __init__(self, *tables: CatalogTable) -> None:
+    """Tables described as given; without listings (the default) they have no files to list, as a
+    source read by watermark."""
+
+    def __init__(self, *tables: CatalogTable, listings: dict[str, FileListing] | None = None) -> None:
         self.tables = {table.name: table for table in tables}
+        self.listings = listings or {}
+        self.described: list[tuple[str, list[str] | None]] = []
 
     def table_names(self) -> list[str]:
         return sorted(self.tables)
 
-    def describe(self, name: str) -> CatalogTable:
+    def list_files(self, name: str) -> FileListing | None:
+        return self.listings.get(name)
+
+    def describe(self, name: str, files=None) -> CatalogTable:
+        self.described.append((name, None if files is None else list(files)))
         table = self.tables[name]
         if table.format == "broken":
             raise TableError(name, "file x.parquet is not readable Parquet")
@@ -175,12 +185,41 @@ def test_registry_naming_a_missing_column_fails_that_table_only() -> None:
 
 
 def test_watermark_column_of_an_unsupported_type_fails_the_table_with_the_fix() -> None:
-    stringly = table("orders", ("order_id", "bigint"), ("Op", "string"), ("updated_at", "string"))
+    flagged = table("orders", ("order_id", "bigint"), ("Op", "string"), ("updated_at", "boolean"))
 
-    plan = make_plan(FakeCatalog(stringly))
+    plan = make_plan(FakeCatalog(flagged))
 
-    assert "has type string" in plan.failed["orders"]
+    assert "has type boolean" in plan.failed["orders"]
     assert "watermark_column" in plan.failed["orders"]
+
+
+def test_iso_strings_and_integer_epochs_with_a_unit_are_ordering_columns() -> None:
+    registry = parse_registry(
+        "table_name,primary_key,watermark_column,watermark_unit\n"
+        "iso,id,changed,\nmillis,id,changed,milliseconds\nbare,id,changed,\nwrong,id,changed,ms\n",
+        "registry.csv",
+    )
+    catalog = FakeCatalog(
+        table("iso", ("id", "bigint"), ("changed", "varchar(40)")),
+        table("millis", ("id", "bigint"), ("changed", "bigint")),
+        table("bare", ("id", "bigint"), ("changed", "bigint")),
+        table("wrong", ("id", "bigint"), ("changed", "timestamp")),
+    )
+
+    plan = plan_run(
+        catalog=catalog,
+        registry=registry,
+        state=StateDocument(),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+    items = items_by_table(plan)
+    assert sorted(items) == ["iso", "millis"]
+    assert items["millis"].watermark_unit == "milliseconds"
+    assert "say what they count with watermark_unit" in plan.failed["bare"]
+    assert "not an integer epoch; leave watermark_unit blank" in plan.failed["wrong"]
 
 
 def test_unreadable_table_fails_in_plan_without_blocking_the_others() -> None:

@@ -87,11 +87,22 @@ def test_rows_with_a_null_key_are_set_aside_in_quarantine_not_dropped(lake, caps
     assert lake.run() == 0
 
     out = capsys.readouterr().out
-    assert "2 row(s) with a null primary key set aside" in out
+    assert "2 row(s) set aside" in out
+    assert "2 with a null primary key" in out
     status = lake.status(capsys)["people"]
     assert rows_at(status["location"]) == [(1, "ada")]
     quarantined = pq.read_table(lake.root / "out" / "people" / "quarantine" / status["run_id"])
     assert sorted(quarantined["name"].to_pylist()) == ["nemo", "nobody"]
+    assert set(quarantined["_cdc_set_aside_reason"].to_pylist()) == {"null primary key"}
+
+
+def test_a_row_set_aside_never_moves_the_watermark(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1), person(None, "from the future", 10**9)])
+
+    assert lake.run() == 0
+
+    status = lake.status(capsys)["people"]
+    assert datetime.fromisoformat(status["watermark"]) == T0 + timedelta(seconds=1)
 
 
 def test_one_unreadable_table_fails_alone_and_the_run_exits_1(lake, capsys) -> None:
@@ -146,7 +157,8 @@ def test_incremental_run_with_nothing_new_keeps_watermark_and_rows(lake, capsys)
     assert after["events"]["location"] == before["events"]["location"]
 
 
-def test_late_row_within_the_lookback_is_merged(lake, capsys) -> None:
+def test_late_row_within_the_lookback_is_merged_when_read_by_watermark(lake, capsys) -> None:
+    lake.registry("table_name,primary_key,lookback,incremental_by\npeople,id,PT1M,watermark\n")
     lake.land("people", [person(1, "ada", 100)])
     assert lake.run() == 0
     lake.land("people", [person(2, "late-but-in-window", 100 - 30), person(3, "too-late", 100 - 120)])
@@ -161,6 +173,19 @@ def test_late_row_within_the_lookback_is_merged(lake, capsys) -> None:
     )
 
 
+def test_rows_landing_late_are_merged_whatever_their_stamp_when_read_by_arrival(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 100)])
+    assert lake.run() == 0
+    lake.land(
+        "people", [person(2, "late", 100 - 30), person(3, "very late", 100 - 10**6), person(1, "old", 50)]
+    )
+
+    assert lake.run() == 0
+
+    status = lake.status(capsys)["people"]
+    assert rows_at(status["location"]) == [(1, "ada"), (2, "late"), (3, "very late")]
+
+
 def test_null_watermarks_are_loaded_by_a_full_load_and_never_move_the_watermark(lake, capsys) -> None:
     lake.land("people", [person(1, "stamped", 10), person(2, "unstamped", None)])
 
@@ -172,8 +197,12 @@ def test_null_watermarks_are_loaded_by_a_full_load_and_never_move_the_watermark(
     assert datetime.fromisoformat(status["watermark"]) == T0 + timedelta(seconds=10)
 
 
-def test_incremental_runs_report_null_watermarks_and_never_resurrect_a_deleted_key(lake, capsys) -> None:
-    lake.registry("table_name,primary_key,delete_column,delete_values\npeople,id,name,gone\n")
+def test_incremental_runs_by_watermark_report_null_watermarks_and_never_resurrect_a_deleted_key(
+    lake, capsys
+) -> None:
+    lake.registry(
+        "table_name,primary_key,delete_column,delete_values,incremental_by\npeople,id,name,gone,watermark\n"
+    )
     lake.land(
         "people", [person(1, "unstamped insert", None), person(1, "gone", 3600), person(2, "bob", 7200)]
     )
@@ -183,11 +212,23 @@ def test_incremental_runs_report_null_watermarks_and_never_resurrect_a_deleted_k
 
     assert lake.run() == 0
 
-    assert "2 row(s) of the table have a null 'updated_at': incremental runs do not read them" in (
+    assert "2 row(s) of the table have a null 'updated_at': incremental runs by watermark do not read" in (
         capsys.readouterr().out
     )
     status = lake.status(capsys)["people"]
     assert rows_at(status["location"]) == [(2, "bob"), (3, "cy")]
+
+
+def test_a_late_unstamped_row_read_by_arrival_never_resurrects_a_deleted_key(lake, capsys) -> None:
+    lake.registry("table_name,primary_key,delete_column,delete_values\npeople,id,name,gone\n")
+    lake.land("people", [person(1, "gone", 3600), person(2, "bob", 7200)])
+    assert lake.run() == 0
+    lake.land("people", [person(1, "late unstamped update", None), person(3, "late unstamped", None)])
+
+    assert lake.run() == 0
+
+    status = lake.status(capsys)["people"]
+    assert rows_at(status["location"]) == [(2, "bob"), (3, "late unstamped")]
 
 
 def test_output_timestamps_are_int64_micros_readable_by_athena_duckdb_and_pyarrow(lake, capsys) -> None:

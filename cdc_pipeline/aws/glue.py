@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import boto3
 from botocore.exceptions import ClientError
 
+from cdc_pipeline.arrivals import FileListing
+from cdc_pipeline.aws.s3 import list_data_files
 from cdc_pipeline.catalog import CatalogTable, Column, PublishedTable
 from cdc_pipeline.errors import ConfigurationError, TableError
 
@@ -56,6 +58,8 @@ class GlueCatalog:
         ``fnmatch`` patterns (``orders_*``); when given, only matching tables are listed.
     exclude
         ``fnmatch`` patterns of tables never listed, even when included.
+    s3_client
+        A boto3 S3 client, to list the tables' files; one is created when omitted.
     """
 
     def __init__(
@@ -64,9 +68,11 @@ class GlueCatalog:
         client: Any = None,
         include: Iterable[str] = (),
         exclude: Iterable[str] = (),
+        s3_client: Any = None,
     ) -> None:
         self.database = database
         self.client = client or boto3.client("glue")
+        self.s3_client = s3_client
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self._definitions: dict[str, dict[str, Any]] | None = None
@@ -75,8 +81,18 @@ class GlueCatalog:
         """The database's tables that the include and exclude patterns select, sorted."""
         return sorted(name for name in self._tables() if self._selected(name))
 
-    def describe(self, name: str) -> CatalogTable:
-        """The table's location, format, reader options, columns and partition keys.
+    def list_files(self, name: str) -> FileListing | None:
+        """The table's data files under its S3 location; None for a location that is not in S3."""
+        location = self._location(name)
+        if not _SCHEME.match(location):
+            return None
+        if self.s3_client is None:
+            self.s3_client = boto3.client("s3")
+        return list_data_files(self.s3_client, location)
+
+    def describe(self, name: str, files: Sequence[str] | None = None) -> CatalogTable:
+        """The table's location, format, reader options, columns and partition keys (the catalog's
+        columns: ``files`` is not needed).
 
         Raises
         ------
@@ -84,22 +100,9 @@ class GlueCatalog:
             When the table is unknown, has no location, is in a format the pipeline does not read,
             or has partitions outside its location.
         """
-        definition = self._tables().get(name)
-        if definition is None:
-            raise TableError(
-                name,
-                f"Glue database {self.database!r} holds no such table; check the name (Glue lowercases "
-                "table names)",
-            )
+        definition = self._definition(name)
         descriptor = definition.get("StorageDescriptor") or {}
-        location = descriptor.get("Location")
-        if not location:
-            raise TableError(
-                name,
-                f"Glue table {self.database}.{name} has no location (a view, or a table defined without "
-                "one); set its location to the folder holding its files, or leave it out with an "
-                "exclude pattern",
-            )
+        location = self._location(name)
         data_format, options = _format(name, self.database, descriptor, definition.get("Parameters") or {})
         columns = []
         for column in descriptor.get("Columns") or []:
@@ -121,6 +124,27 @@ class GlueCatalog:
             has_data=True,
             options=options,
         )
+
+    def _definition(self, name: str) -> dict[str, Any]:
+        definition = self._tables().get(name)
+        if definition is None:
+            raise TableError(
+                name,
+                f"Glue database {self.database!r} holds no such table; check the name (Glue lowercases "
+                "table names)",
+            )
+        return definition
+
+    def _location(self, name: str) -> str:
+        location = (self._definition(name).get("StorageDescriptor") or {}).get("Location")
+        if not location:
+            raise TableError(
+                name,
+                f"Glue table {self.database}.{name} has no location (a view, or a table defined without "
+                "one); set its location to the folder holding its files, or leave it out with an "
+                "exclude pattern",
+            )
+        return str(location)
 
     def _selected(self, name: str) -> bool:
         # Glue lowercases table names, so patterns match regardless of how they are typed.

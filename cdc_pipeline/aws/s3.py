@@ -8,13 +8,16 @@ conditional ``PutObject``: create-only for a first commit, match-the-ETag for ev
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
 import boto3
 from botocore.exceptions import ClientError
 
+from cdc_pipeline.arrivals import DataFile, FileListing, is_hidden
 from cdc_pipeline.errors import (
     CommitConflictError,
     ConfigurationError,
@@ -218,6 +221,53 @@ class S3Storage:
                 "for object lock), then delete the folder by hand; the committed state does not "
                 "reference it"
             )
+
+
+def list_data_files(client: Any, location: str) -> FileListing:
+    """Every data file below ``location`` (one paginated listing), stamped with ``LastModified``.
+
+    The listing's reference time is S3's own clock (the ``Date`` header of the first page), the
+    clock ``LastModified`` is on. Folder markers and hidden files (``_SUCCESS``, ``.crc``) are not
+    data files.
+    """
+    bucket, prefix = parse_s3_uri(_folder_uri(location))
+    files: list[DataFile] = []
+    reference: int | None = None
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    try:
+        for page in pages:
+            if reference is None:
+                reference = _server_time(page)
+            for entry in page.get("Contents", []):
+                relative = entry["Key"][len(prefix) :]
+                if not relative or relative.endswith("/") or any(map(is_hidden, relative.split("/"))):
+                    continue
+                modified = entry["LastModified"]
+                files.append(DataFile(relative, int(entry["Size"]), _epoch_micros(modified)))
+    except ClientError as exc:
+        _raise_for(exc, doing="list", uri=location, permission="s3:ListBucket")
+    return FileListing(location, tuple(files), reference if reference is not None else _now_micros())
+
+
+def _folder_uri(location: str) -> str:
+    for scheme in ("s3a://", "s3n://"):
+        if location.startswith(scheme):
+            location = SCHEME + location[len(scheme) :]
+    return location.rstrip("/") + "/"
+
+
+def _server_time(page: dict[str, Any]) -> int | None:
+    date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    # The header counts whole seconds: the instant it names is at most "now", never later.
+    return _epoch_micros(parsedate_to_datetime(date)) if date else None
+
+
+def _epoch_micros(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def _now_micros() -> int:
+    return time.time_ns() // 1000
 
 
 def _object_key(location: str) -> tuple[str, str]:

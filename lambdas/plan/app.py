@@ -27,7 +27,11 @@ glue = boto3.client("glue")
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     catalog = GlueCatalog(
-        settings.source_database, client=glue, include=settings.table_include, exclude=settings.table_exclude
+        settings.source_database,
+        client=glue,
+        include=settings.table_include,
+        exclude=settings.table_exclude,
+        s3_client=s3,
     )
     result = plan_task(
         event,

@@ -25,7 +25,12 @@ COLUMNS = [
 ]
 
 
-def create_source_tables(glue: Any, database: str, names: list[str], bucket: str = "landing") -> None:
+def create_source_tables(
+    glue: Any, database: str, names: list[str], bucket: str = "landing", s3: Any = None
+) -> None:
+    """Glue tables over ``s3://bucket/raw/<name>/``, each with a first data file when ``s3`` is given."""
+    if s3 is not None:
+        land_files(s3, bucket, names, "LOAD00000001.parquet")
     for name in names:
         glue.create_table(
             DatabaseName=database,
@@ -41,6 +46,12 @@ def create_source_tables(glue: Any, database: str, names: list[str], bucket: str
                 },
             },
         )
+
+
+def land_files(s3: Any, bucket: str, names: list[str], file_name: str) -> None:
+    """A new data file per table (its content is never read: the Glue job is a stand-in here)."""
+    for name in names:
+        s3.put_object(Bucket=bucket, Key=f"raw/{name}/{file_name}", Body=b"PAR1")
 
 
 def registry_csv(names: list[str]) -> str:
@@ -77,6 +88,9 @@ def ingest_succeeded(
         started_at="2026-11-01T00:00:00+00:00",
         duration_s=1.0,
         primary_key=item.primary_key,
+        incremental_by=item.incremental_by,
+        files_read=None if item.files is None else len(item.files),
+        cursor=item.next_cursor,
     )
     storage.write_json(item.manifest_location, manifest.to_json())
 

@@ -466,7 +466,7 @@ class Deployment:
         return json.dumps(result).encode()
 
     def land(self, tables: list[str]) -> None:
-        create_source_tables(self.glue, SOURCE_DATABASE, tables, bucket=LANDING_BUCKET)
+        create_source_tables(self.glue, SOURCE_DATABASE, tables, bucket=LANDING_BUCKET, s3=self.s3)
         self.s3.put_object(
             Bucket=LANDING_BUCKET, Key="registry/tables.csv", Body=registry_csv(tables).encode()
         )

@@ -34,7 +34,7 @@ from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
 from cdc_pipeline.plan import WorkItem
 
 from .conftest import BUCKET, OUTPUT_DATABASE, REGION, SOURCE_DATABASE
-from .fakes import create_source_tables, ingest_succeeded, registry_csv, run_to_end
+from .fakes import create_source_tables, ingest_succeeded, land_files, registry_csv, run_to_end
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "state_machine" / "cdc_pipeline.asl.json"
@@ -208,7 +208,7 @@ class Pipeline:
         return json.dumps(result).encode()
 
     def land(self, tables: list[str]) -> None:
-        create_source_tables(self.glue, SOURCE_DATABASE, tables)
+        create_source_tables(self.glue, SOURCE_DATABASE, tables, bucket=BUCKET, s3=self.s3)
         self.s3.put_object(Bucket=BUCKET, Key="registry/tables.csv", Body=registry_csv(tables).encode())
 
     def run(self, run_input: dict[str, Any], timeout_s: float = 240) -> dict[str, Any]:
@@ -247,6 +247,7 @@ def test_a_failed_glue_run_fails_the_execution_after_committing_the_others(pipel
     pipeline.land(tables)
     assert pipeline.run({})["status"] == "SUCCEEDED"
     before, _ = pipeline.state.read()
+    land_files(pipeline.s3, BUCKET, tables, "CDC-2.parquet")
     pipeline.outcome = lambda item, attempt: "FAILED" if item.table == "orders" else "SUCCEEDED"
 
     execution = pipeline.run({"load_type": "incremental"})

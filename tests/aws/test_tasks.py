@@ -14,14 +14,14 @@ from cdc_pipeline.plan import WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
 from cdc_pipeline.tasks import commit_task, failure_text, map_failures, plan_task
 
-from .fakes import create_source_tables, ingest_succeeded, registry_csv
+from .fakes import create_source_tables, ingest_succeeded, land_files, registry_csv
 
 TABLES = ["customers", "orders", "payments"]
 
 
 @pytest.fixture
 def deployment(s3_client, bucket, glue_client, source_database, output_database) -> dict[str, Any]:
-    create_source_tables(glue_client, source_database, TABLES)
+    create_source_tables(glue_client, source_database, TABLES, bucket=bucket, s3=s3_client)
     s3_client.put_object(Bucket=bucket, Key="registry/tables-1.csv", Body=registry_csv(TABLES).encode())
     plan_settings = PlanSettings(
         source_database=source_database,
@@ -40,7 +40,7 @@ def deployment(s3_client, bucket, glue_client, source_database, output_database)
         "plan": lambda event: plan_task(
             event,
             plan_settings,
-            catalog=GlueCatalog(source_database, client=glue_client),
+            catalog=GlueCatalog(source_database, client=glue_client, s3_client=s3_client),
             registry_source=S3RegistrySource(plan_settings.registry_prefix, client=s3_client),
             state_store=S3StateStore(plan_settings.cdc_path, client=s3_client),
             storage=storage,
@@ -206,19 +206,28 @@ def write_map_results(deployment: dict[str, Any], groups: dict[str, list[dict]])
     }
 
 
-def test_a_table_whose_snapshot_did_not_move_keeps_its_catalog_entry(deployment) -> None:
+def test_an_unchanged_table_gets_no_ingest_and_keeps_its_catalog_entry(deployment) -> None:
     first = deployment["plan"]({})
     for item in items_of(deployment, first):
         ingest_succeeded(deployment["storage"], item)
     deployment["commit"]({"plan": first, "map_result": {}})
-    second = deployment["plan"]({})
-    state, _ = deployment["state"].read()
-    for item in items_of(deployment, second):
-        # Nothing new for orders: its ingest keeps the current snapshot (no rewrite).
-        keep = state.tables[item.table].location if item.table == "orders" else None
-        ingest_succeeded(deployment["storage"], item, output_location=keep)
+    land_files(deployment["s3"], deployment["bucket"], ["customers"], "CDC-2.parquet")
 
-    deployment["commit"]({"plan": second, "map_result": {}})
+    second = deployment["plan"]({})
+    assert [item.table for item in items_of(deployment, second)] == ["customers"]
+    assert (second["item_count"], second["unchanged_count"]) == (1, 2)
+    for item in items_of(deployment, second):
+        assert item.files == ["CDC-2.parquet"]
+        ingest_succeeded(deployment["storage"], item)
+    result = deployment["commit"]({"plan": second, "map_result": {}})
+
+    assert (result["succeeded_count"], result["failed_count"]) == (1, 0)
+    report = deployment["storage"].read_json(result["report_location"])
+    assert {t["table"]: t["status"] for t in report["tables"]} == {
+        "customers": "succeeded",
+        "orders": "unchanged",
+        "payments": "unchanged",
+    }
 
     def catalog_run_id(table: str) -> str:
         found = deployment["glue"].get_table(DatabaseName="current", Name=table)["Table"]
@@ -232,7 +241,7 @@ def test_the_result_names_at_most_fifty_failed_tables_and_the_report_all(
     deployment, glue_client, s3_client
 ) -> None:
     many = [f"t{n:03d}" for n in range(60)]
-    create_source_tables(glue_client, "raw", many)
+    create_source_tables(glue_client, "raw", many, bucket=deployment["bucket"], s3=s3_client)
     s3_client.put_object(
         Bucket=deployment["bucket"], Key="registry/tables-2.csv", Body=registry_csv(many).encode()
     )

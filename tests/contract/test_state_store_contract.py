@@ -139,7 +139,7 @@ CORRUPT_DOCUMENTS = {
     "invalid-json": b'{"format_version": 1, "revision": 3, "tables": {',
     "not-utf8": b"\x80\x81\x82",
     "json-array": json.dumps([VALID]).encode(),
-    "wrong-format-version": json.dumps({**VALID, "format_version": 2}).encode(),
+    "wrong-format-version": json.dumps({**VALID, "format_version": 99}).encode(),
     "missing-tables": json.dumps({k: v for k, v in VALID.items() if k != "tables"}).encode(),
     "tracker-missing-keys": json.dumps({**VALID, "tables": {"orders": {"watermark": "x"}}}).encode(),
 }
