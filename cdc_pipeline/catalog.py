@@ -163,7 +163,8 @@ def _file_columns(table: str, paths: Sequence[Path], partition_keys: tuple[str, 
     import pyarrow.parquet as pq
 
     columns: dict[str, Column] = {}
-    holder: dict[str, Path] = {}
+    # For each column, a file holding each type seen: an error names a file that really holds it.
+    holders: dict[str, dict[str, Path]] = {}
     for path in paths:
         try:
             schema = pq.read_schema(path)
@@ -187,17 +188,20 @@ def _file_columns(table: str, paths: Sequence[Path], partition_keys: tuple[str, 
                 )
             key = arrow_field.name.lower()
             type_name = _spark_type_name(arrow_field.type)
+            holders.setdefault(key, {}).setdefault(type_name, path)
             known = columns.get(key)
             if known is None:
-                columns[key], holder[key] = Column(arrow_field.name, type_name), path
+                columns[key] = Column(arrow_field.name, type_name)
                 continue
             widened = widen(known.type, type_name)
             if widened is None:
+                clash = next(t for t in holders[key] if widen(t, type_name) is None)
                 raise TableError(
                     table,
-                    f"column {known.name!r} changed type incompatibly: {known.type} in file {holder[key]}, "
-                    f"{type_name} in file {path}. Only widening (int to bigint, float to double, date to "
-                    "timestamp, more decimal digits) is applied; rewrite the files with one type",
+                    f"column {known.name!r} changed type incompatibly: {clash} in file "
+                    f"{holders[key][clash]}, {type_name} in file {path}. Only widening (int to bigint, "
+                    "float to double, date to timestamp, more decimal digits) is applied; rewrite the "
+                    "files with one type",
                 )
             columns[key] = Column(known.name, widened)
     return tuple(columns.values())

@@ -181,7 +181,6 @@ def _unchanged(name: str, tracker: TableState | None) -> TableOutcome:
         table=name,
         status="unchanged",
         rows_read=0,
-        rows_written=tracker.rows if tracker else None,
         watermark_before=tracker.watermark if tracker else None,
         watermark_after=tracker.watermark if tracker else None,
         location=tracker.location if tracker else None,

@@ -2,7 +2,10 @@
 
 ``python -m cdc_pipeline.demo --workdir DIR`` (``make demo``) writes DMS-style change files for
 four tables, runs the pipeline after each batch lands, and prints the reports. It needs no AWS
-account: everything lives under DIR.
+account: everything lives under DIR. What to watch for: the full-load file of ``customers`` has no
+``Op`` column (as DMS writes it); each later batch also lands an update stamped *before* the
+previous run's watermark (replica lag), which is still applied because files are read by arrival;
+``countries`` is reported ``unchanged`` in the rounds where nothing lands for it.
 """
 
 from __future__ import annotations
@@ -21,15 +24,14 @@ import pyarrow.parquet as pq
 from cdc_pipeline.cli import main as cli_main
 from cdc_pipeline.state import LocalStateStore
 
-REGISTRY = """table_name,primary_key,watermark_column,sequence_column,delete_column,delete_values,lookback
-customers,customer_id,updated_at,,Op,D,PT15M
-order_lines,"order_id,line_no",updated_at,change_seq,,,
-countries,country_code,,,,,
+REGISTRY = """table_name,primary_key,watermark_column,sequence_column,delete_column,delete_values
+customers,customer_id,updated_at,,Op,D
+order_lines,"order_id,line_no",updated_at,change_seq,,
+countries,country_code,,,,
 """
 
-CUSTOMERS = pa.schema(
+CUSTOMERS_FULL_LOAD = pa.schema(
     [
-        ("Op", pa.string()),
         ("customer_id", pa.int64()),
         ("name", pa.string()),
         ("email", pa.string()),
@@ -37,6 +39,8 @@ CUSTOMERS = pa.schema(
         ("updated_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+# DMS adds the Op column to change files only (unless told to add it to full-load files too).
+CUSTOMERS = pa.schema([("Op", pa.string()), *CUSTOMERS_FULL_LOAD])
 ORDER_LINES = pa.schema(
     [
         ("order_id", pa.int64()),
@@ -65,6 +69,7 @@ class RawZone:
         self.random = random.Random(seed)
         self.clock = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
         self.customers: dict[int, dict[str, object]] = {}
+        self.changed_at: dict[int, datetime] = {}
         self.order_lines: dict[tuple[int, int], dict[str, object]] = {}
         self.sequence = 0
 
@@ -91,14 +96,27 @@ class RawZone:
                 "tier": rnd.choice(TIERS),
             }
             self.customers[customer_id] = row
-            customers.append({"Op": "I", **row, "updated_at": self._tick()})
+            self.changed_at[customer_id] = self._tick()
+            customers.append(
+                {**({"Op": "I"} if batch else {}), **row, "updated_at": self.changed_at[customer_id]}
+            )
         if batch:
+            # Replica lag: a change committed late, stamped before the last run's watermark (but
+            # after the customer's previous version, so it is the newest and must be applied).
+            stamp = self.clock - timedelta(minutes=30)
+            lagging = rnd.choice(sorted(c for c in self.customers if self.changed_at[c] < stamp))
+            self.customers[lagging] = {**self.customers[lagging], "email": f"late-{batch}@example.com"}
+            customers.append({"Op": "U", **self.customers[lagging], "updated_at": stamp})
+            self.changed_at[lagging] = stamp
             for customer_id in rnd.sample(sorted(self.customers), 6):
                 self.customers[customer_id] = {**self.customers[customer_id], "tier": rnd.choice(TIERS)}
-                customers.append({"Op": "U", **self.customers[customer_id], "updated_at": self._tick()})
+                self.changed_at[customer_id] = self._tick()
+                customers.append(
+                    {"Op": "U", **self.customers[customer_id], "updated_at": self.changed_at[customer_id]}
+                )
             victim = rnd.choice(sorted(self.customers))
             customers.append({"Op": "D", **self.customers.pop(victim), "updated_at": self._tick()})
-        self._write("customers", batch, CUSTOMERS, customers)
+        self._write("customers", batch, CUSTOMERS if batch else CUSTOMERS_FULL_LOAD, customers)
 
         lines: list[dict[str, object]] = []
         for order_id in range(batch * 100 + 1, batch * 100 + 16):

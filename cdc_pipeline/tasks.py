@@ -150,6 +150,7 @@ def commit_task(
         "revision": report.revision,
         "succeeded_count": len(succeeded),
         "failed_count": len(report.failed),
+        "unchanged_count": sum(1 for o in report.outcomes if o.status == "unchanged"),
         # Capped: the state machine's payload limit is 256 KiB; the report names every table.
         "failed_tables": [o.table for o in report.failed][:MAX_NAMED_FAILURES],
         "rows_read": sum(o.rows_read or 0 for o in succeeded),

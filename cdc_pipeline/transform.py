@@ -247,7 +247,8 @@ def merge_into_snapshot(
     winners = latest_per_key(candidates, primary_key, ordering, strategy, keep=(_DELETED, DELETED_AT))
     current = winners.filter(~col(_DELETED)).select(*map(col, data_columns))
     if kept_snapshot is not None:
-        current = kept_snapshot.select(*map(col, data_columns)).unionByName(current)
+        # A column only the batch has (or only the snapshot) is NULL on the other side's rows.
+        current = kept_snapshot.unionByName(current, allowMissingColumns=True).select(*map(col, data_columns))
     if not delete_column:
         return Merged(current, None)
     tombstone_columns = [*primary_key, *(c for c in ordering if c not in primary_key)]

@@ -327,3 +327,158 @@ def test_every_warning_of_a_run_is_logged_in_its_run_log(lake, capsys) -> None:
 def test_status_of_a_state_directory_that_does_not_exist_is_an_error(tmp_path, capsys) -> None:
     assert main(["status", "--state", str(tmp_path / "typo")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Landing-zone realities: DMS full-load files, column-name case, widening, ordering types
+# ----------------------------------------------------------------------------------------------
+
+DMS = pa.schema(
+    [
+        ("Op", pa.string()),
+        ("id", pa.int64()),
+        ("name", pa.string()),
+        ("updated_at", SCHEMA.field("updated_at").type),
+    ]
+)
+FULL_LOAD = pa.schema(
+    [("id", pa.int64()), ("name", pa.string()), ("updated_at", SCHEMA.field("updated_at").type)]
+)
+
+
+def test_dms_full_load_files_without_the_op_column_are_inserts_not_a_failure(lake, capsys) -> None:
+    lake.registry("table_name,primary_key,delete_column,delete_values\npeople,id,Op,D\n")
+    lake.land("people", [person(1, "ada", 1), person(2, "bob", 1)], FULL_LOAD)
+    assert lake.run() == 0
+    assert rows_at(lake.status(capsys)["people"]["location"]) == [(1, "ada"), (2, "bob")]
+    lake.land("people", [{"Op": "D", **person(2, "bob", 5)}, {"Op": "U", **person(1, "ada v2", 5)}], DMS)
+
+    assert lake.run() == 0
+
+    assert rows_at(lake.status(capsys)["people"]["location"]) == [(1, "ada v2")]
+
+
+def test_column_names_match_ignoring_case_and_the_output_keeps_the_files_spelling(lake, capsys) -> None:
+    lake.registry(
+        "table_name,primary_key,watermark_column,delete_column,delete_values\npeople,ID,Updated_At,op,D\n"
+    )
+    upper = pa.schema(
+        [("OP", pa.string()), ("ID", pa.int64()), ("NAME", pa.string()), ("UPDATED_AT", pa.timestamp("us"))]
+    )
+    lake.land("people", [{"OP": "I", "ID": 1, "NAME": "ada", "UPDATED_AT": datetime(2026, 1, 1)}], upper)
+    assert lake.run() == 0
+    lake.land("people", [{"OP": "U", "ID": 1, "NAME": "ada v2", "UPDATED_AT": datetime(2026, 1, 2)}], upper)
+
+    assert lake.run() == 0
+
+    status = lake.status(capsys)["people"]
+    table = pq.read_table(status["location"])
+    assert table.column_names == ["OP", "ID", "NAME", "UPDATED_AT"]
+    assert table["NAME"].to_pylist() == ["ada v2"]
+    assert status["primary_key"] == ["ID"]
+
+
+def test_two_columns_equal_ignoring_case_in_one_file_fail_the_table_naming_both(lake, capsys) -> None:
+    clash = pa.schema([("id", pa.int64()), ("tier", pa.string()), ("Tier", pa.string())])
+    lake.land("people", [{"id": 1, "tier": "a", "Tier": "b"}], clash)
+
+    assert lake.run() == 1
+
+    out = capsys.readouterr().out
+    assert "'tier' and 'Tier', which differ only by case" in out
+
+
+def test_a_column_widened_between_files_and_against_the_snapshot_is_read_as_the_wider_type(
+    lake, capsys
+) -> None:
+    narrow = pa.schema(
+        [
+            ("id", pa.int32()),
+            ("name", pa.string()),
+            ("score", pa.float32()),
+            ("updated_at", SCHEMA.field("updated_at").type),
+        ]
+    )
+    wide = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("name", pa.string()),
+            ("score", pa.float64()),
+            ("updated_at", SCHEMA.field("updated_at").type),
+        ]
+    )
+    lake.land("people", [{**person(1, "ada", 1), "score": 1.5}], narrow)
+    assert lake.run() == 0
+    lake.land("people", [{**person(2, "bob", 2), "score": 2.25}], narrow)
+    lake.land(
+        "people", [{**person(1, "ada v2", 3), "score": 3.0}, {**person(3, "cy", 3), "score": None}], wide
+    )
+
+    assert lake.run() == 0
+
+    location = lake.status(capsys)["people"]["location"]
+    assert rows_at(location) == [(1, "ada v2"), (2, "bob"), (3, "cy")]
+    schema = pq.read_schema(next(Path(location).glob("*.parquet")))
+    assert (schema.field("id").type, schema.field("score").type) == (pa.int64(), pa.float64())
+
+
+def test_an_incompatible_type_change_fails_the_table_naming_the_column_types_and_files(lake, capsys) -> None:
+    lake.land("people", [person(1, "ada", 1)])
+    assert lake.run() == 0
+    before = lake.status(capsys)["people"]
+    texty = pa.schema(
+        [("id", pa.string()), ("name", pa.string()), ("updated_at", SCHEMA.field("updated_at").type)]
+    )
+    bad = lake.land("people", [{**person(2, "bob", 2), "id": "two"}], texty)
+
+    assert lake.run() == 1
+
+    out = capsys.readouterr().out
+    assert "column 'id' changed type incompatibly: bigint in the current snapshot" in out
+    assert f"string in {bad}" in out or "string in file:" in out
+    assert lake.status(capsys)["people"] == before
+
+
+def test_iso_8601_strings_with_mixed_offsets_order_versions_by_instant(lake, capsys) -> None:
+    lake.registry("table_name,primary_key,watermark_column\npeople,id,changed\n")
+    iso = pa.schema([("id", pa.int64()), ("name", pa.string()), ("changed", pa.string())])
+    lake.land(
+        "people",
+        [
+            # 10:30+02:00 is 08:30Z: earlier than 09:00Z although its text sorts later.
+            {"id": 1, "name": "at 08:30Z", "changed": "2026-01-01T10:30:00+02:00"},
+            {"id": 1, "name": "at 09:00Z", "changed": "2026-01-01T09:00:00Z"},
+            {"id": 2, "name": "microsecond later", "changed": "2026-01-01T09:00:00.000001Z"},
+            {"id": 2, "name": "microsecond earlier", "changed": "2026-01-01T09:00:00Z"},
+            {"id": 3, "name": "unreadable", "changed": "next tuesday"},
+        ],
+        iso,
+    )
+
+    assert lake.run() == 0
+
+    out = capsys.readouterr().out
+    assert "1 row(s) set aside" in out
+    assert "1 whose 'changed' is not a readable time" in out
+    status = lake.status(capsys)["people"]
+    assert rows_at(status["location"]) == [(1, "at 09:00Z"), (2, "microsecond later")]
+    assert status["watermark"] == "2026-01-01T09:00:00.000001Z"
+
+
+@pytest.mark.parametrize(("unit", "scale"), [("seconds", 1), ("milliseconds", 1_000), ("us", 1_000_000)])
+def test_integer_epochs_order_versions_in_the_unit_the_registry_names(lake, capsys, unit, scale) -> None:
+    lake.registry(f"table_name,primary_key,watermark_column,watermark_unit\npeople,id,ts,{unit}\n")
+    epoch = pa.schema([("id", pa.int64()), ("name", pa.string()), ("ts", pa.int64())])
+    lake.land(
+        "people",
+        [{"id": 1, "name": "old", "ts": 100 * scale}, {"id": 1, "name": "new", "ts": 101 * scale}],
+        epoch,
+    )
+    assert lake.run() == 0
+    lake.land("people", [{"id": 1, "name": "late and older", "ts": 99 * scale}], epoch)
+
+    assert lake.run() == 0
+
+    status = lake.status(capsys)["people"]
+    assert rows_at(status["location"]) == [(1, "new")]
+    assert status["watermark"] == "1970-01-01T00:01:41.000000Z"

@@ -233,6 +233,7 @@ def list_data_files(client: Any, location: str) -> FileListing:
     bucket, prefix = parse_s3_uri(_folder_uri(location))
     files: list[DataFile] = []
     reference: int | None = None
+    fallback = _now_micros()
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     try:
         for page in pages:
@@ -246,7 +247,7 @@ def list_data_files(client: Any, location: str) -> FileListing:
                 files.append(DataFile(relative, int(entry["Size"]), _epoch_micros(modified)))
     except ClientError as exc:
         _raise_for(exc, doing="list", uri=location, permission="s3:ListBucket")
-    return FileListing(location, tuple(files), reference if reference is not None else _now_micros())
+    return FileListing(location, tuple(files), reference if reference is not None else fallback)
 
 
 def _folder_uri(location: str) -> str:
@@ -257,9 +258,10 @@ def _folder_uri(location: str) -> str:
 
 
 def _server_time(page: dict[str, Any]) -> int | None:
+    """S3's clock when the listing began. The header counts whole seconds and is stamped when the
+    response is sent, so one second back is at or before the moment the listing started."""
     date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    # The header counts whole seconds: the instant it names is at most "now", never later.
-    return _epoch_micros(parsedate_to_datetime(date)) if date else None
+    return _epoch_micros(parsedate_to_datetime(date)) - 1_000_000 if date else None
 
 
 def _epoch_micros(moment: datetime) -> int:

@@ -35,6 +35,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     )
     metrics.add_metric(name="TablesSucceeded", unit="Count", value=result["succeeded_count"])
     metrics.add_metric(name="TablesFailed", unit="Count", value=result["failed_count"])
+    metrics.add_metric(name="TablesUnchanged", unit="Count", value=result["unchanged_count"])
     metrics.add_metric(name="RowsRead", unit="Count", value=result["rows_read"])
     metrics.add_metric(name="RowsWritten", unit="Count", value=result["rows_written"])
     metrics.add_metric(name="RunDurationSeconds", unit="Seconds", value=result["run_duration_s"])
