@@ -18,6 +18,12 @@ with an older time than small files already applied; it is still read as long as
 within the settle window. ``recent`` then holds only files that arrived within the last settle
 window, however many files the table has.
 
+A table whose file names sort in the order the files land (DMS's date folders and timestamped
+file names) may say so in the registry (``time_ordered_keys``). Its cursor then also keeps
+``start_after``: the greatest name among files that arrived a settle window before the mark, and
+its listings start after that name (S3 ``StartAfter``), so listing costs in proportion to the
+files of the last two settle windows rather than to every file the table holds.
+
 Times are integer microseconds since the epoch (UTC), as watermarks are.
 """
 
@@ -56,6 +62,7 @@ class FileCursor:
 
     mark: int | None = None
     recent: dict[str, int] = field(default_factory=dict)
+    start_after: str | None = None
 
     def new_files(self, files: Iterable[DataFile]) -> list[DataFile]:
         """The files not applied yet, in arrival order (then by path)."""
@@ -64,19 +71,35 @@ class FileCursor:
         ]
         return sorted(fresh, key=lambda f: (f.arrived, f.path))
 
-    def advance(self, applied: Sequence[DataFile], reference: int, settle_micros: int) -> FileCursor:
-        """The cursor once ``applied`` (every new file of a listing taken at ``reference``) is committed."""
+    def advance(
+        self,
+        applied: Sequence[DataFile],
+        reference: int,
+        settle_micros: int,
+        listed: Sequence[DataFile] | None = None,
+    ) -> FileCursor:
+        """The cursor once ``applied`` (every new file of a listing taken at ``reference``) is
+        committed; ``listed`` (every file of that listing) moves ``start_after`` for a table whose
+        names sort in arrival order."""
         floor = reference - settle_micros
         mark = floor if self.mark is None else max(self.mark, floor)
         recent = {path: at for path, at in self.recent.items() if at > mark}
         recent.update({f.path: f.arrived for f in applied if f.arrived > mark})
-        return FileCursor(mark=mark, recent=dict(sorted(recent.items())))
+        start_after = self.start_after
+        if listed is not None:
+            # A settle window of margin: names come from the writer's clock, arrival from storage's.
+            settled = [f.path for f in listed if f.arrived <= mark - settle_micros]
+            start_after = max([*settled, *([start_after] if start_after else [])], default=None)
+        return FileCursor(mark=mark, recent=dict(sorted(recent.items())), start_after=start_after)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "mark": None if self.mark is None else _iso(self.mark),
             "recent": {path: _iso(at) for path, at in self.recent.items()},
         }
+        if self.start_after is not None:
+            data["start_after"] = self.start_after
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileCursor:
@@ -84,9 +107,13 @@ class FileCursor:
         if not isinstance(data, dict) or not isinstance(data.get("recent"), dict):
             raise ValueError(f"not a file cursor: {data!r}")
         mark = data.get("mark")
+        start_after = data.get("start_after")
+        if start_after is not None and not isinstance(start_after, str):
+            raise ValueError(f"not a file name: {start_after!r}")
         return cls(
             mark=None if mark is None else _micros(mark),
             recent={str(path): _micros(at) for path, at in data["recent"].items()},
+            start_after=start_after,
         )
 
 

@@ -56,9 +56,10 @@ class Catalog(Protocol):
 
     def table_names(self) -> list[str]: ...
 
-    def list_files(self, name: str) -> FileListing | None:
-        """The table's data files with their arrival times; None when its source has no files to
-        list (the table is then read by watermark)."""
+    def list_files(self, name: str, start_after: str | None = None) -> FileListing | None:
+        """The table's data files with their arrival times (only those whose relative path sorts
+        after ``start_after``, when given); None when its source has no files to list (the table
+        is then read by watermark)."""
         ...
 
     def describe(self, name: str, files: Sequence[str] | None = None) -> CatalogTable:
@@ -109,7 +110,7 @@ class LocalCatalog:
             path.name for path in self.source_dir.iterdir() if path.is_dir() and not is_hidden(path.name)
         )
 
-    def list_files(self, name: str) -> FileListing:
+    def list_files(self, name: str, start_after: str | None = None) -> FileListing:
         """Every data file below the table's folder; a file's arrival is when it was written or
         moved here (the later of its modification and change times: a copy that kept an old
         modification time still arrives now)."""
@@ -117,12 +118,15 @@ class LocalCatalog:
         reference = time.time_ns() // 1000
         files = []
         for path in self.data_files(location):
+            relative = path.relative_to(location).as_posix()
+            if start_after is not None and relative <= start_after:
+                continue
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue  # removed while listing: not a file of this listing
             arrived = max(stat.st_mtime_ns, stat.st_ctime_ns) // 1000
-            files.append(DataFile(path.relative_to(location).as_posix(), stat.st_size, arrived))
+            files.append(DataFile(relative, stat.st_size, arrived))
         return FileListing(str(location.resolve()), tuple(files), reference)
 
     def describe(self, name: str, files: Sequence[str] | None = None) -> CatalogTable:

@@ -270,10 +270,15 @@ def _plan_table(
     settle: int,
 ) -> WorkItem | str:
     """The table's work item, or why it has none (unchanged, or no data yet)."""
-    listing = catalog.list_files(name)
-    if listing is not None and not listing.files:
-        return _NO_DATA
     settings = registry.settings_for(name)
+    ordered_keys = bool(settings and settings.time_ordered_keys)
+    committed = FileCursor.from_json(tracker.cursor) if tracker and tracker.cursor else None
+    start_after = (
+        committed.start_after if committed and ordered_keys and requested is not LoadType.FULL else None
+    )
+    listing = catalog.list_files(name, start_after)
+    if listing is not None and not listing.files and start_after is None:
+        return _NO_DATA
     incremental_by = (settings.incremental_by if settings else None) or (
         IncrementalBy.ARRIVAL if listing is not None else IncrementalBy.WATERMARK
     )
@@ -284,13 +289,18 @@ def _plan_table(
             "a folder of files); set incremental_by to watermark in the registry",
         )
     warnings: list[str] = []
+    if ordered_keys and incremental_by is IncrementalBy.WATERMARK:
+        warnings.append("time_ordered_keys is ignored: the table is read by watermark, from all its files")
     load_type = _load_type(requested, tracker, incremental_by, warnings)
+    if listing is not None and start_after is not None and load_type is LoadType.FULL:
+        listing = catalog.list_files(name)  # a full load reads every file, not only the newest
     cursor = FileCursor()
-    if load_type is LoadType.INCREMENTAL and tracker is not None and tracker.cursor is not None:
-        cursor = FileCursor.from_json(tracker.cursor)
+    if load_type is LoadType.INCREMENTAL and committed is not None:
+        cursor = committed
         if (
             listing is not None
             and not cursor.new_files(listing.files)
+            and tracker is not None
             and _same_settings(tracker, settings or TableSettings.default(name))
         ):
             return _UNCHANGED
@@ -317,10 +327,11 @@ def _plan_table(
         if listing is None:
             return item
         data = item.to_json()
+        listed = listing.files if ordered_keys and incremental_by is IncrementalBy.ARRIVAL else None
         data.update(
             files=files,
             location=listing.location,
-            next_cursor=cursor.advance(applied, listing.reference, settle).to_json(),
+            next_cursor=cursor.advance(applied, listing.reference, settle, listed).to_json(),
         )
         return WorkItem(**data)
 
@@ -328,6 +339,8 @@ def _plan_table(
     if isinstance(item, WorkItem) and item.load_type != load_type.value:
         # The settings call for a full load (they changed, or no watermark): read every file.
         warnings = item.warnings
+        if listing is not None and start_after is not None:
+            listing = catalog.list_files(name)
         item = build(LoadType.FULL, FileCursor())
         if isinstance(item, WorkItem):
             item = WorkItem(**{**item.to_json(), "warnings": warnings})

@@ -27,6 +27,7 @@ OPTIONAL_COLUMNS = (
     "incremental_by",
     "watermark_unit",
     "tombstone_retention",
+    "time_ordered_keys",
 )
 DEFAULT_TOMBSTONE_RETENTION = "P30D"
 
@@ -60,6 +61,8 @@ class TableSettings:
     incremental_by: IncrementalBy | None = None
     watermark_unit: str | None = None
     tombstone_retention: str = DEFAULT_TOMBSTONE_RETENTION
+    # File names sort in the order the files land: listings start after the last settled name.
+    time_ordered_keys: bool = False
     tombstone_retention_micros: int = field(
         default_factory=lambda: parse_lookback(DEFAULT_TOMBSTONE_RETENTION)
     )
@@ -229,6 +232,12 @@ def _parse_row(row: dict[str, str], source: str, line_number: int) -> TableSetti
             f"{where}: table {table_name!r}: tombstone_retention {retention!r} is not an ISO-8601 duration "
             "in weeks, days, hours, minutes or seconds (e.g. P30D)"
         ) from exc
+    ordered = row.get("time_ordered_keys", "").lower()
+    if ordered not in ("", "true", "false"):
+        raise RegistryError(
+            f"{where}: table {table_name!r} has time_ordered_keys {row['time_ordered_keys']!r}; write true "
+            "(its file names sort in the order the files land, e.g. DMS date folders) or false"
+        )
     return TableSettings(
         table_name=table_name,
         primary_key=primary_key,
@@ -243,4 +252,5 @@ def _parse_row(row: dict[str, str], source: str, line_number: int) -> TableSetti
         watermark_unit=unit,
         tombstone_retention=retention,
         tombstone_retention_micros=retention_micros,
+        time_ordered_keys=ordered == "true",
     )

@@ -293,3 +293,35 @@ def test_a_file_visible_later_than_settle_after_its_arrival_can_be_lost(lag: int
     _, applied = _simulate(SETTLE, [late], [*runs, _final_run([late], runs)])
 
     assert applied == ([] if lost else ["late.parquet"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Time-ordered names: listings start after the last settled name
+# ----------------------------------------------------------------------------------------------
+
+
+def test_start_after_is_the_greatest_name_settled_a_window_before_the_mark() -> None:
+    listed = [DataFile("a", 1, 0), DataFile("b", 1, 100 * SETTLE), DataFile("c", 1, 3 * SETTLE)]
+
+    cursor = FileCursor().advance(listed, reference=5 * SETTLE, settle_micros=SETTLE, listed=listed)
+
+    # mark = 4 windows; names of files that arrived by 3 windows are settled: a and c, not b.
+    assert cursor.start_after == "c"
+
+
+def test_start_after_never_moves_back_and_survives_json() -> None:
+    cursor = FileCursor(mark=10 * SETTLE, start_after="2026/01/05/x.parquet")
+
+    later = cursor.advance(
+        [], reference=20 * SETTLE, settle_micros=SETTLE, listed=[DataFile("2026/01/01/y", 1, 0)]
+    )
+
+    assert later.start_after == "2026/01/05/x.parquet"
+    assert FileCursor.from_json(json.loads(json.dumps(later.to_json()))) == later
+
+
+def test_start_after_is_kept_when_the_listing_is_not_time_ordered() -> None:
+    cursor = FileCursor(mark=SETTLE, start_after="k")
+
+    assert cursor.advance([], reference=9 * SETTLE, settle_micros=SETTLE).start_after == "k"
+    assert "start_after" not in FileCursor(mark=1).to_json()

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from cdc_pipeline.arrivals import FileListing
+from cdc_pipeline.arrivals import DataFile, FileCursor, FileListing
 from cdc_pipeline.catalog import CatalogTable, Column
 from cdc_pipeline.errors import ConfigurationError, TableError
 from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
@@ -33,12 +33,17 @@ class FakeCatalog:
         self.tables = {table.name: table for table in tables}
         self.listings = listings or {}
         self.described: list[tuple[str, list[str] | None]] = []
+        self.listed: list[tuple[str, str | None]] = []
 
     def table_names(self) -> list[str]:
         return sorted(self.tables)
 
-    def list_files(self, name: str) -> FileListing | None:
-        return self.listings.get(name)
+    def list_files(self, name: str, start_after: str | None = None) -> FileListing | None:
+        self.listed.append((name, start_after))
+        listing = self.listings.get(name)
+        if listing is None or start_after is None:
+            return listing
+        return replace(listing, files=tuple(f for f in listing.files if f.path > start_after))
 
     def describe(self, name: str, files=None) -> CatalogTable:
         self.described.append((name, None if files is None else list(files)))
@@ -295,3 +300,142 @@ def test_keyed_table_without_any_ordering_column_is_warned() -> None:
     countries = items_by_table(make_plan(FakeCatalog(COUNTRIES)))["countries"]
 
     assert any("chosen by content, not recency" in w for w in countries.warnings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading by arrival
+# ----------------------------------------------------------------------------------------------
+
+MINUTE = 60_000_000
+SETTLE = 15 * MINUTE
+
+
+def listing(*files: tuple[str, int], reference: int) -> FileListing:
+    return FileListing("/raw/orders", tuple(DataFile(path, 100, at) for path, at in files), reference)
+
+
+def arrival_plan(catalog: FakeCatalog, state: StateDocument | None = None, **kwargs) -> Plan:
+    registry = parse_registry(
+        "table_name,primary_key,delete_column,delete_values,time_ordered_keys\norders,order_id,Op,D,"
+        + kwargs.pop("ordered", "")
+        + "\n",
+        "registry.csv",
+    )
+    return plan_run(
+        catalog=catalog,
+        registry=registry,
+        state=state or StateDocument(),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+        **kwargs,
+    )
+
+
+def committed(item) -> StateDocument:
+    """The state once ``item`` is committed, as the commit builds it."""
+    return StateDocument(
+        revision=1,
+        tables={
+            "orders": TableState(
+                watermark=None,
+                location=item.output_location,
+                rows=1,
+                run_id=item.run_id,
+                committed_at="2026-01-01T00:00:00+00:00",
+                load_type=item.load_type,
+                mode=item.mode,
+                watermark_column=item.watermark_column,
+                primary_key=tuple(item.primary_key),
+                delete_column=item.delete_column,
+                delete_values=tuple(item.delete_values),
+                incremental_by=item.incremental_by,
+                cursor=item.next_cursor,
+            )
+        },
+    )
+
+
+def test_a_first_arrival_plan_reads_every_file_and_records_them_in_its_next_cursor() -> None:
+    files = [("2026/01/01/a.parquet", 10 * MINUTE), ("2026/01/02/b.parquet", 100 * MINUTE)]
+    catalog = FakeCatalog(ORDERS, listings={"orders": listing(*files, reference=110 * MINUTE)})
+
+    (item,) = arrival_plan(catalog).items
+
+    assert (item.incremental_by, item.load_type) == ("arrival", "full")
+    assert item.files == ["2026/01/01/a.parquet", "2026/01/02/b.parquet"]
+    cursor = FileCursor.from_json(item.next_cursor)
+    assert cursor.mark == 95 * MINUTE
+    assert cursor.recent == {"2026/01/02/b.parquet": 100 * MINUTE}
+    assert catalog.described == [("orders", item.files)]
+
+
+def test_an_incremental_arrival_plan_reads_only_new_files_however_old_their_stamp() -> None:
+    first = listing(("a.parquet", 10 * MINUTE), reference=110 * MINUTE)
+    (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first})).items
+    late = listing(("a.parquet", 10 * MINUTE), ("late.parquet", 96 * MINUTE), reference=200 * MINUTE)
+
+    (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": late}), committed(item)).items
+
+    assert (item.load_type, item.files) == ("incremental", ["late.parquet"])
+
+
+def test_a_table_with_no_new_file_is_unchanged_and_not_described() -> None:
+    first = listing(("a.parquet", 10 * MINUTE), reference=110 * MINUTE)
+    (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first})).items
+    catalog = FakeCatalog(ORDERS, listings={"orders": first})
+
+    plan = arrival_plan(catalog, committed(item))
+
+    assert (plan.items, plan.unchanged) == ([], ["orders"])
+    assert catalog.described == []
+
+
+def test_a_registry_change_plans_a_full_load_of_every_file_even_with_no_new_file() -> None:
+    first = listing(("a.parquet", 10 * MINUTE), reference=110 * MINUTE)
+    (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first})).items
+    state = committed(item)
+    state = replace(state, tables={"orders": replace(state.tables["orders"], delete_values=("X",))})
+
+    (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first}), state).items
+
+    assert (item.load_type, item.files) == ("full", ["a.parquet"])
+    assert any("registry changed" in warning for warning in item.warnings)
+
+
+def test_a_tracker_from_before_arrival_reads_gets_one_full_load_with_a_warning() -> None:
+    legacy = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z")})
+    catalog = FakeCatalog(ORDERS, listings={"orders": listing(("a.parquet", MINUTE), reference=9 * MINUTE)})
+
+    (item,) = arrival_plan(catalog, legacy).items
+
+    assert item.load_type == "full"
+    assert "predates reading by arrival" in " ".join(item.warnings)
+
+
+def test_time_ordered_keys_list_only_names_after_the_last_settled_one() -> None:
+    files = [("2026/01/01/a.parquet", 10 * MINUTE), ("2026/01/02/b.parquet", 100 * MINUTE)]
+    first = FakeCatalog(ORDERS, listings={"orders": listing(*files, reference=200 * MINUTE)})
+    (item,) = arrival_plan(first, ordered="true").items
+    # mark = 185 min; a settle window of margin: names of files that arrived by 170 min are settled.
+    assert FileCursor.from_json(item.next_cursor).start_after == "2026/01/02/b.parquet"
+    more = [*files, ("2026/01/03/c.parquet", 300 * MINUTE)]
+    catalog = FakeCatalog(ORDERS, listings={"orders": listing(*more, reference=310 * MINUTE)})
+
+    (item,) = arrival_plan(catalog, committed(item), ordered="true").items
+
+    assert catalog.listed == [("orders", "2026/01/02/b.parquet")]
+    assert item.files == ["2026/01/03/c.parquet"]
+
+
+def test_time_ordered_keys_are_not_used_by_a_full_load() -> None:
+    files = [("a.parquet", 10 * MINUTE), ("b.parquet", 100 * MINUTE)]
+    (item,) = arrival_plan(
+        FakeCatalog(ORDERS, listings={"orders": listing(*files, reference=200 * MINUTE)}), ordered="true"
+    ).items
+    catalog = FakeCatalog(ORDERS, listings={"orders": listing(*files, reference=300 * MINUTE)})
+
+    (item,) = arrival_plan(catalog, committed(item), ordered="true", load_type=LoadType.FULL).items
+
+    assert catalog.listed == [("orders", None)]
+    assert item.files == ["a.parquet", "b.parquet"]

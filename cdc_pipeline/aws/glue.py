@@ -81,14 +81,14 @@ class GlueCatalog:
         """The database's tables that the include and exclude patterns select, sorted."""
         return sorted(name for name in self._tables() if self._selected(name))
 
-    def list_files(self, name: str) -> FileListing | None:
+    def list_files(self, name: str, start_after: str | None = None) -> FileListing | None:
         """The table's data files under its S3 location; None for a location that is not in S3."""
         location = self._location(name)
         if not _SCHEME.match(location):
             return None
         if self.s3_client is None:
             self.s3_client = boto3.client("s3")
-        return list_data_files(self.s3_client, location)
+        return list_data_files(self.s3_client, location, start_after)
 
     def describe(self, name: str, files: Sequence[str] | None = None) -> CatalogTable:
         """The table's location, format, reader options, columns and partition keys (the catalog's

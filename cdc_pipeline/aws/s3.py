@@ -223,8 +223,9 @@ class S3Storage:
             )
 
 
-def list_data_files(client: Any, location: str) -> FileListing:
-    """Every data file below ``location`` (one paginated listing), stamped with ``LastModified``.
+def list_data_files(client: Any, location: str, start_after: str | None = None) -> FileListing:
+    """Every data file below ``location`` (one paginated listing), stamped with ``LastModified``;
+    with ``start_after`` (a path relative to ``location``), only the keys that sort after it.
 
     The listing's reference time is S3's own clock (the ``Date`` header of the first page), the
     clock ``LastModified`` is on. Folder markers and hidden files (``_SUCCESS``, ``.crc``) are not
@@ -234,7 +235,10 @@ def list_data_files(client: Any, location: str) -> FileListing:
     files: list[DataFile] = []
     reference: int | None = None
     fallback = _now_micros()
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    arguments = {"Bucket": bucket, "Prefix": prefix}
+    if start_after is not None:
+        arguments["StartAfter"] = prefix + start_after
+    pages = client.get_paginator("list_objects_v2").paginate(**arguments)
     try:
         for page in pages:
             if reference is None:

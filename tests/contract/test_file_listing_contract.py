@@ -31,7 +31,7 @@ class ListingCase:
     put_beside: Callable[[str, bytes], None]  # a file relative to the folder holding every table
     make_folder: Callable[[str], None]  # an empty folder (on S3, a folder marker key ending in '/')
     move_in_old: Callable[[str, bytes], None]  # a file last modified long ago, moved or copied in now
-    list: Callable[[], FileListing]
+    list: Callable[..., FileListing]  # list(start_after=None)
 
 
 def _local_case(root: Path) -> ListingCase:
@@ -56,7 +56,7 @@ def _local_case(root: Path) -> ListingCase:
         put_beside=lambda relative, content: write(source / relative, content),
         make_folder=lambda relative: (source / TABLE / relative).mkdir(parents=True, exist_ok=True),
         move_in_old=move_in_old,
-        list=lambda: LocalCatalog(source).list_files(TABLE),
+        list=lambda start_after=None: LocalCatalog(source).list_files(TABLE, start_after),
     )
 
 
@@ -79,7 +79,7 @@ def _s3_case(client: Any, bucket: str) -> ListingCase:
         make_folder=lambda relative: put_beside(f"{TABLE}/{relative}".rstrip("/") + "/", b""),
         move_in_old=move_in_old,
         # As Glue spells a table's location, without the trailing slash.
-        list=lambda: list_data_files(client, f"s3://{bucket}/raw/{TABLE}"),
+        list=lambda start_after=None: list_data_files(client, f"s3://{bucket}/raw/{TABLE}", start_after),
     )
 
 
@@ -231,3 +231,17 @@ def test_a_listing_of_more_than_one_page_holds_every_file(listing_case: ListingC
         listing_case.put(f"part-{i:05d}.parquet._COPYING_", b"c")
 
     assert sorted(file.path for file in listing_case.list().files) == names
+
+
+def test_a_listing_after_a_name_holds_only_the_names_that_sort_after_it(listing_case: ListingCase) -> None:
+    for name in (
+        "2026/01/01/a.parquet",
+        "2026/01/02/b.parquet",
+        "2026/01/02/c.parquet",
+        "2026/01/03/d.parquet",
+    ):
+        listing_case.put(name, b"x")
+
+    listing = listing_case.list(start_after="2026/01/02/b.parquet")
+
+    assert sorted(f.path for f in listing.files) == ["2026/01/02/c.parquet", "2026/01/03/d.parquet"]
