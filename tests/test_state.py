@@ -447,3 +447,44 @@ def test_a_writer_never_replaces_a_corrupt_state_document(tmp_path, content):
     assert store.path.read_bytes() == content
     assert _history(tmp_path) == {}
     assert _lock_is_free(tmp_path)
+
+
+def test_a_format_1_document_written_before_arrival_reads_is_read_as_it_is(tmp_path) -> None:
+    # As the previous release wrote it: no cursor, read mode, epoch unit or tombstones.
+    legacy_tracker = {
+        "watermark": "2026-11-02T10:07:12.536502Z",
+        "watermark_column": "updated_at",
+        "location": "/lake/current/customers/snapshots/r7",
+        "previous_locations": ["/lake/current/customers/snapshots/r6"],
+        "rows": 58,
+        "run_id": "r7",
+        "committed_at": "2026-11-28T00:40:18+00:00",
+        "load_type": "incremental",
+        "mode": "dedup",
+        "primary_key": ["customer_id"],
+        "sequence_column": None,
+        "delete_column": "Op",
+        "delete_values": ["D"],
+    }
+    (tmp_path / "state.json").write_text(json.dumps({**VALID, "tables": {"customers": legacy_tracker}}))
+
+    document, version = LocalStateStore(tmp_path).read()
+
+    customers = document.tables["customers"]
+    assert (version, customers.location, customers.watermark) == (
+        "3",
+        legacy_tracker["location"],
+        legacy_tracker["watermark"],
+    )
+    assert (customers.incremental_by, customers.cursor, customers.tombstones) == (None, None, None)
+    assert document.to_json()["format_version"] == 2
+
+
+def test_a_tracker_with_a_garbled_file_cursor_is_corrupt_not_empty(tmp_path) -> None:
+    tracker = {**_tracker("run-3").to_json(), "cursor": {"mark": "yesterday", "recent": {}}}
+    (tmp_path / "state.json").write_text(
+        json.dumps({**VALID, "format_version": 2, "tables": {"orders": tracker}})
+    )
+
+    with pytest.raises(StateCorruptError, match="is corrupt"):
+        LocalStateStore(tmp_path).read()
