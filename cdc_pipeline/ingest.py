@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -94,77 +96,28 @@ def ingest_table(
 def _ingest(
     spark: SparkSession, item: WorkItem, strategy: DedupStrategy, started_at: datetime, start: float
 ) -> Manifest:
-    warnings = list(item.warnings)
-    keyed = item.mode == Mode.DEDUP
     inputs = read_inputs(spark, item)
     ordering = _Ordering.of(item, inputs.batch)
-    batch, snapshot, tombstones_before = _with_internal_columns(item, inputs, ordering)
-    primary_key = [_spelling(batch, c) for c in item.primary_key]
     before = Watermark.parse(item.last_watermark) if item.last_watermark else None
-    batch = _rows_since_watermark(batch, item, ordering, before)
-
-    batch = batch.withColumn(_REASON, _set_aside_reason(item, ordering))
-    batch_metrics = Observation(f"batch-{item.run_id}-{item.table}")
-    batch = batch.observe(
-        batch_metrics,
-        F.count(F.lit(1)).alias("rows"),
-        F.count(_REASON).alias("set_aside"),
-        F.sum(col(_REASON).eqNullSafe(F.lit(NULL_KEY)).cast("long")).alias("null_keys"),
-        F.sum(col(_REASON).eqNullSafe(F.lit(UNREADABLE_ORDERING)).cast("long")).alias("unreadable"),
-        F.sum(_raw_null_ordering(ordering).cast("long")).alias("null_orderings"),
-        F.max(F.when(col(_REASON).isNull(), col(ORDER_COLUMN))).alias("max_order"),
-    )
+    prepared = _prepare(item, inputs, ordering, before)
     incremental = item.load_type == LoadType.INCREMENTAL
     # The batch feeds the merge more than once (its keys, its rows): an incremental batch is small,
     # cache it. A full load's batch is the whole table and is read once (benchmarks/).
-    if incremental:
-        batch = batch.persist()
-    try:
-        kept = batch.filter(col(_REASON).isNull()).drop(_REASON)
-        if keyed:
-            merged = merge_into_snapshot(
-                snapshot,
-                kept,
-                primary_key=primary_key,
-                ordering=[ORDER_COLUMN, SEQUENCE_COLUMN],
-                delete_column=item.delete_column,
-                delete_values=item.delete_values,
-                strategy=strategy,
-                tombstones=tombstones_before,
-                now_micros=_micros(started_at),
-                tombstone_retention_micros=item.tombstone_retention_micros,
-            )
-            result, tombstones = merged.snapshot, merged.tombstones
-        else:
-            result, tombstones = append_rows(snapshot, kept), None
-        result = result.drop(ORDER_COLUMN, SEQUENCE_COLUMN)
-        _check_pipeline_columns(item, result)
-        rows_written = _write(result, item.output_location, f"written-{item.run_id}-{item.table}")
-        stats = _BatchStats.of(batch_metrics)
-        tombstones_location = None
-        if tombstones is not None and item.tombstones_location:
-            # Written even when empty: the folder then holds the schema, and the next run reads it.
-            _write(tombstones, item.tombstones_location, f"tombstones-{item.run_id}-{item.table}")
-            tombstones_location = item.tombstones_location
-        quarantine = None
-        if stats.set_aside:
-            quarantine = item.quarantine_location
-            batch.filter(col(_REASON).isNotNull()).drop(ORDER_COLUMN, SEQUENCE_COLUMN).write.mode(
-                "overwrite"
-            ).parquet(quarantine)
-            warnings.append(_set_aside_warning(item, stats, quarantine))
-    finally:
-        if incremental:
-            batch.unpersist()
+    with _cached(prepared.batch, incremental) as batch:
+        result, tombstones, resolved = _merge(item, prepared, batch, strategy, started_at)
+        # Snapshot and tombstones come from one comparison of the changed keys: run it once.
+        with _cached(resolved, tombstones is not None):
+            rows_written = _write(result, item.output_location, f"written-{item.run_id}-{item.table}")
+            tombstones_location = _write_tombstones(item, tombstones)
+        stats = _BatchStats.of(prepared.metrics)
+        quarantine = _set_aside(item, batch, stats)
 
-    null_orderings = stats.null_orderings
-    if incremental and item.incremental_by == IncrementalBy.WATERMARK and item.watermark_column:
-        # Not in the batch (they cannot be placed after a watermark): counted on the source, where
-        # Parquet null counts let Spark skip every row group without one.
-        null_orderings = inputs.batch.filter(col(ordering.column).isNull()).count() if ordering.column else 0
+    warnings = list(item.warnings)
+    if quarantine:
+        warnings.append(_set_aside_warning(item, stats, quarantine))
+    null_orderings = _null_orderings(item, inputs, ordering, stats)
     if null_orderings:
         warnings.append(_null_ordering_warning(item, null_orderings, incremental))
-    after = _new_watermark(before, stats.max_order, ordering.kind)
     return _manifest(
         item,
         warnings,
@@ -175,11 +128,108 @@ def _ingest(
         set_aside=stats.set_aside,
         null_watermarks=null_orderings,
         before=before,
-        after=after,
+        after=_new_watermark(before, stats.max_order, ordering.kind),
         quarantine=quarantine,
         schema=schema_columns(result),
         tombstones=tombstones_location,
     )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The batch with its ordering and set-aside columns, observed; the snapshot and tombstones
+    reconciled with it."""
+
+    batch: DataFrame
+    snapshot: DataFrame | None
+    tombstones: DataFrame | None
+    primary_key: list[str]
+    metrics: Observation
+
+
+def _prepare(item: WorkItem, inputs: Inputs, ordering: _Ordering, before: Watermark | None) -> _Prepared:
+    batch, snapshot, tombstones = _with_internal_columns(item, inputs, ordering)
+    batch = _rows_since_watermark(batch, item, ordering, before)
+    batch = batch.withColumn(_REASON, _set_aside_reason(item, ordering))
+    metrics = Observation(f"batch-{item.run_id}-{item.table}")
+    batch = batch.observe(
+        metrics,
+        F.count(F.lit(1)).alias("rows"),
+        F.count(_REASON).alias("set_aside"),
+        F.sum(col(_REASON).eqNullSafe(F.lit(NULL_KEY)).cast("long")).alias("null_keys"),
+        F.sum(col(_REASON).eqNullSafe(F.lit(UNREADABLE_ORDERING)).cast("long")).alias("unreadable"),
+        F.sum(_raw_null_ordering(ordering).cast("long")).alias("null_orderings"),
+        F.max(F.when(col(_REASON).isNull(), col(ORDER_COLUMN))).alias("max_order"),
+    )
+    primary_key = [_spelling(batch, c) for c in item.primary_key]
+    return _Prepared(batch, snapshot, tombstones, primary_key, metrics)
+
+
+@contextmanager
+def _cached(df: DataFrame, wanted: bool) -> Iterator[DataFrame]:
+    if not wanted:
+        yield df
+        return
+    df = df.persist()
+    try:
+        yield df
+    finally:
+        df.unpersist()
+
+
+def _merge(
+    item: WorkItem, prepared: _Prepared, batch: DataFrame, strategy: DedupStrategy, started_at: datetime
+) -> tuple[DataFrame, DataFrame | None, DataFrame]:
+    """The new snapshot (without the pipeline's columns), its tombstones, and the resolved keys."""
+    kept = batch.filter(col(_REASON).isNull()).drop(_REASON)
+    if item.mode == Mode.DEDUP:
+        merged = merge_into_snapshot(
+            prepared.snapshot,
+            kept,
+            primary_key=prepared.primary_key,
+            ordering=[ORDER_COLUMN, SEQUENCE_COLUMN],
+            delete_column=item.delete_column,
+            delete_values=item.delete_values,
+            strategy=strategy,
+            tombstones=prepared.tombstones,
+            now_micros=_micros(started_at),
+            tombstone_retention_micros=item.tombstone_retention_micros,
+        )
+        result, tombstones, resolved = merged.snapshot, merged.tombstones, merged.resolved
+    else:
+        result = append_rows(prepared.snapshot, kept)
+        tombstones, resolved = None, result
+    if not item.tombstones_location:
+        tombstones = None
+    result = result.drop(ORDER_COLUMN, SEQUENCE_COLUMN)
+    _check_pipeline_columns(item, result)
+    return result, tombstones, resolved
+
+
+def _write_tombstones(item: WorkItem, tombstones: DataFrame | None) -> str | None:
+    if tombstones is None or not item.tombstones_location:
+        return None
+    # Written even when empty: the folder then holds the schema, and the next run reads it.
+    _write(tombstones, item.tombstones_location, f"tombstones-{item.run_id}-{item.table}")
+    return item.tombstones_location
+
+
+def _set_aside(item: WorkItem, batch: DataFrame, stats: _BatchStats) -> str | None:
+    """Rows that cannot be merged, kept with their reason; a second read only when there are any."""
+    if not stats.set_aside:
+        return None
+    rows = batch.filter(col(_REASON).isNotNull()).drop(ORDER_COLUMN, SEQUENCE_COLUMN)
+    rows.write.mode("overwrite").parquet(item.quarantine_location)
+    return item.quarantine_location
+
+
+def _null_orderings(item: WorkItem, inputs: Inputs, ordering: _Ordering, stats: _BatchStats) -> int:
+    incremental = item.load_type == LoadType.INCREMENTAL
+    if not (incremental and item.incremental_by == IncrementalBy.WATERMARK and ordering.column):
+        return stats.null_orderings
+    # Not in the batch (they cannot be placed after a watermark): counted on the source, where
+    # Parquet null counts let Spark skip every row group without one.
+    return inputs.batch.filter(col(ordering.column).isNull()).count()
 
 
 @dataclass(frozen=True)

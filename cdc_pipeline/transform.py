@@ -183,10 +183,15 @@ def drop_deleted(df: DataFrame, delete_column: str | None, delete_values: Sequen
 
 @dataclass(frozen=True)
 class Merged:
-    """A merge's result: the new snapshot, and the tombstones to keep beside it (None: no deletes)."""
+    """A merge's result: the new snapshot, and the tombstones to keep beside it (None: no deletes).
+
+    ``resolved`` is the one row per changed key both derive from: a caller writing both may cache
+    it so that the comparison runs once.
+    """
 
     snapshot: DataFrame
     tombstones: DataFrame | None
+    resolved: DataFrame
 
 
 def merge_into_snapshot(
@@ -244,13 +249,16 @@ def merge_into_snapshot(
             kept_tombstones = kept_tombstones.filter(
                 col(DELETED_AT) > F.lit(now_micros - tombstone_retention_micros)
             )
-    winners = latest_per_key(candidates, primary_key, ordering, strategy, keep=(_DELETED, DELETED_AT))
+    if snapshot is None and tombstones is None:
+        winners = candidates  # the batch alone, already one row per key
+    else:
+        winners = latest_per_key(candidates, primary_key, ordering, strategy, keep=(_DELETED, DELETED_AT))
     current = winners.filter(~col(_DELETED)).select(*map(col, data_columns))
     if kept_snapshot is not None:
         # A column only the batch has (or only the snapshot) is NULL on the other side's rows.
         current = kept_snapshot.unionByName(current, allowMissingColumns=True).select(*map(col, data_columns))
     if not delete_column:
-        return Merged(current, None)
+        return Merged(current, None, winners)
     tombstone_columns = [*primary_key, *(c for c in ordering if c not in primary_key)]
     deleted = winners.filter(col(_DELETED)).select(
         *map(col, tombstone_columns),
@@ -258,7 +266,7 @@ def merge_into_snapshot(
     )
     if kept_tombstones is not None:
         deleted = kept_tombstones.select(*map(col, tombstone_columns), col(DELETED_AT)).unionByName(deleted)
-    return Merged(current, deleted)
+    return Merged(current, deleted, winners)
 
 
 def append_rows(snapshot: DataFrame | None, batch: DataFrame) -> DataFrame:

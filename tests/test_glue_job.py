@@ -41,7 +41,7 @@ class OneTableCatalog:
     def table_names(self) -> list[str]:
         return [self.table.name]
 
-    def list_files(self, name: str) -> None:
+    def list_files(self, name: str, start_after: str | None = None) -> None:
         return None  # read by watermark, from the whole location
 
     def describe(self, name: str, files=None) -> CatalogTable:
