@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,7 +120,7 @@ def commit_run(
     document, expired = current, []
     if retried:
         logger.info("run %s is already committed (state revision %d)", plan.run_id, current.revision)
-    elif manifests:
+    elif manifests or plan.refreshed_cursors:
         if version != plan.state_version:
             _discard_outputs(storage, plan, state_store)
             raise CommitConflictError(
@@ -134,6 +134,9 @@ def commit_run(
                 current.tables.get(name), manifest, committed_at, retained_snapshots
             )
             expired += dropped
+        for name, cursor in plan.refreshed_cursors.items():
+            if name in tables and name not in manifests:
+                tables[name] = replace(tables[name], cursor=cursor)
         document = current.with_tables(tables, plan.run_id, committed_at)
         try:
             state_store.write(document, expected_version=version)
@@ -141,7 +144,11 @@ def commit_run(
             _discard_outputs(storage, plan, state_store)
             raise
         logger.info(
-            "run %s committed %d table(s) as revision %d", plan.run_id, len(manifests), document.revision
+            "run %s committed %d table(s) and %d settled file cursor(s) as revision %d",
+            plan.run_id,
+            len(manifests),
+            len(plan.refreshed_cursors),
+            document.revision,
         )
 
     for name, manifest in manifests.items():

@@ -146,8 +146,10 @@ class Plan:
     failed: dict[str, str]
     skipped: dict[str, str]
     warnings: list[str]
-    # Tables with no new file since their last commit: no ingest, their tracker stays as it is.
+    # Tables with no new file since their last commit: no ingest, their tracker stays as it is...
     unchanged: list[str] = field(default_factory=list)
+    # ...but for its file cursor, where it can forget many files that have settled since.
+    refreshed_cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +162,7 @@ class Plan:
             "skipped": self.skipped,
             "warnings": self.warnings,
             "unchanged": self.unchanged,
+            "refreshed_cursors": self.refreshed_cursors,
         }
 
     @classmethod
@@ -206,7 +209,7 @@ def plan_run(
         for name in sorted(set(registry.tables) - {name.lower() for name in available})
     ]
 
-    def plan_table(name: str) -> WorkItem | str | TableError:
+    def plan_table(name: str) -> WorkItem | _Unchanged | str | TableError:
         try:
             return _plan_table(
                 name,
@@ -228,12 +231,15 @@ def plan_run(
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
     unchanged: list[str] = []
+    refreshed: dict[str, dict[str, Any]] = {}
     for name, decision in zip(selected, decisions, strict=True):
         if isinstance(decision, TableError):
             failed[name] = str(decision)
             logger.error("table %s cannot be planned: %s", name, decision)
-        elif decision == _UNCHANGED:
+        elif isinstance(decision, _Unchanged):
             unchanged.append(name)
+            if decision.refreshed_cursor is not None:
+                refreshed[name] = decision.refreshed_cursor
         elif isinstance(decision, str):
             skipped[name] = decision
             logger.warning("table %s skipped: %s", name, decision)
@@ -251,10 +257,22 @@ def plan_run(
         skipped=skipped,
         warnings=warnings,
         unchanged=unchanged,
+        refreshed_cursors=refreshed,
     )
 
 
-_UNCHANGED = "unchanged"
+# An unchanged table's cursor is rewritten when that lets it forget at least this many files.
+CURSOR_REFRESH_FILES = 1_000
+
+
+@dataclass(frozen=True)
+class _Unchanged:
+    """No new file; ``refreshed_cursor`` is the cursor to commit when it shrinks by many files (a
+    bulk load's files settle, and the state should not keep naming them)."""
+
+    refreshed_cursor: dict[str, Any] | None = None
+
+
 _NO_DATA = "no data files yet; its state is left as it was"
 
 
@@ -268,7 +286,7 @@ def _plan_table(
     run_id: str,
     requested: LoadType | None,
     settle: int,
-) -> WorkItem | str:
+) -> WorkItem | _Unchanged | str:
     """The table's work item, or why it has none (unchanged, or no data yet)."""
     settings = registry.settings_for(name)
     ordered_keys = bool(settings and settings.time_ordered_keys)
@@ -303,7 +321,10 @@ def _plan_table(
             and tracker is not None
             and _same_settings(tracker, settings or TableSettings.default(name))
         ):
-            return _UNCHANGED
+            listed = listing.files if ordered_keys and incremental_by is IncrementalBy.ARRIVAL else None
+            settled = cursor.advance([], listing.reference, settle, listed)
+            forgets = len(cursor.recent) - len(settled.recent)
+            return _Unchanged(settled.to_json() if forgets >= CURSOR_REFRESH_FILES else None)
 
     def build(load_type: LoadType, cursor: FileCursor) -> WorkItem | str:
         applied = cursor.new_files(listing.files) if listing is not None else []

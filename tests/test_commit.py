@@ -606,3 +606,43 @@ def test_a_refused_commit_removes_its_own_unpublished_snapshots(env):
     state, _ = env.state()
     assert exists(state.tables["orders"].location)
     assert all(exists(location) for location in state.tables["orders"].previous_locations)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unchanged tables
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_run_where_every_table_is_unchanged_writes_no_revision_and_reports_each(env):
+    run(env, "run-1", {"customers": "2024-04-01T00:00:00"})
+    before = env.state_bytes()
+    _, version = env.state()
+
+    report = commit_run(
+        replace(make_plan("run-2", [], version), unchanged=["customers"]), env.store, env.storage, now=NOW
+    )
+
+    assert env.state_bytes() == before
+    customers = outcome(report, "customers")
+    assert (customers.status, customers.rows_read, customers.files_read) == ("unchanged", 0, 0)
+    assert customers.location == env.snapshot("customers", "run-1")
+    assert report.failed == []
+
+
+def test_a_settled_file_cursor_of_an_unchanged_table_is_committed_alone(env):
+    run(env, "run-1", {"customers": "2024-04-01T00:00:00", "orders": "2024-04-01T00:00:00"})
+    state, version = env.state()
+    settled = {"mark": "2024-05-01T11:45:00.000000Z", "recent": {}}
+    plan = replace(
+        make_plan("run-2", [], version),
+        unchanged=["customers", "orders"],
+        refreshed_cursors={"orders": settled},
+    )
+
+    report = commit_run(plan, env.store, env.storage, now=NOW)
+
+    after, _ = env.state()
+    assert after.revision == state.revision + 1 == report.revision
+    assert after.tables["orders"] == replace(state.tables["orders"], cursor=settled)
+    assert after.tables["customers"] == state.tables["customers"]
+    assert {o.status for o in report.outcomes} == {"unchanged"}

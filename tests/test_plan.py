@@ -439,3 +439,23 @@ def test_time_ordered_keys_are_not_used_by_a_full_load() -> None:
 
     assert catalog.listed == [("orders", None)]
     assert item.files == ["a.parquet", "b.parquet"]
+
+
+def test_an_unchanged_table_whose_cursor_can_forget_many_settled_files_gets_it_refreshed() -> None:
+    bulk = [(f"load/{n:05d}.parquet", 100 * MINUTE) for n in range(1_200)]
+    (item,) = arrival_plan(
+        FakeCatalog(ORDERS, listings={"orders": listing(*bulk, reference=101 * MINUTE)})
+    ).items
+    assert len(FileCursor.from_json(item.next_cursor).recent) == 1_200
+    state = committed(item)
+
+    soon = arrival_plan(
+        FakeCatalog(ORDERS, listings={"orders": listing(*bulk, reference=105 * MINUTE)}), state
+    )
+    later = arrival_plan(
+        FakeCatalog(ORDERS, listings={"orders": listing(*bulk, reference=200 * MINUTE)}), state
+    )
+
+    assert (soon.unchanged, soon.refreshed_cursors) == (["orders"], {})
+    assert later.unchanged == ["orders"]
+    assert FileCursor.from_json(later.refreshed_cursors["orders"]) == FileCursor(mark=185 * MINUTE)
