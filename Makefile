@@ -28,6 +28,7 @@ lint: setup
 
 bench: setup
 	$(PY) -m benchmarks.run_benchmarks
+	$(PY) -m benchmarks.arrivals
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .venv-tools build .aws-sam
