@@ -250,8 +250,20 @@ def read_inputs(spark: SparkSession, item: WorkItem) -> Inputs:
     batch, *others = reconciled[len(labelled) :]
     for part in others:
         batch = batch.unionByName(part, allowMissingColumns=True)
+    batch = _with_catalog_columns(batch, item)
     tombstones = _read_existing(spark, item, item.current_tombstones, "tombstones")
     return Inputs(batch, reconciled[0] if labelled else None, tombstones)
+
+
+def _with_catalog_columns(batch: DataFrame, item: WorkItem) -> DataFrame:
+    """The work item's (the catalog's) columns that none of the files read hold, as NULL, the way
+    Athena reads them: the plan checked the registry against these columns, so the ingest never
+    refuses a table for a column the plan accepted."""
+    present = {name.lower() for name in batch.columns}
+    missing = [c for c in item.columns if c["name"].lower() not in present]
+    if not missing:
+        return batch
+    return batch.withColumns({c["name"]: F.lit(None).cast(_spark_type(c["type"])) for c in missing})
 
 
 def read_source_parts(spark: SparkSession, item: WorkItem) -> list[tuple[DataFrame, str]]:
@@ -410,13 +422,6 @@ class _Ordering:
     @classmethod
     def of(cls, item: WorkItem, batch: DataFrame) -> _Ordering:
         by_lower = {name.lower(): name for name in batch.columns}
-        missing = [c for c in item.primary_key if c.lower() not in by_lower]
-        if missing:
-            raise TableError(
-                item.table,
-                f"key column(s) {', '.join(missing)} are in none of the files read; the catalog lists "
-                f"them, so the files and the catalog disagree: re-crawl the table or fix the files",
-            )
         if item.watermark_column is None or item.watermark_column.lower() not in by_lower:
             return cls(None, None, None, None)
         column = by_lower[item.watermark_column.lower()]

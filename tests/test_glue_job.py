@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -212,3 +213,28 @@ def test_csv_varchar_columns_read_as_strings(tmp_path, spark) -> None:
     manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
 
     assert manifest.rows_written == 2
+
+
+def test_catalog_columns_the_files_lack_are_read_as_null_never_a_refusal(tmp_path, spark) -> None:
+    # The crawler saw Op and updated_at in later files; this DMS full-load file has neither.
+    source = tmp_path / "raw" / "accounts"
+    source.mkdir(parents=True)
+    pq.write_table(pa.table({"ACCOUNT_ID": [1, 2], "NAME": ["ada", "bob"]}), source / "LOAD00000001.parquet")
+    columns = (
+        Column("op", "string"),
+        Column("account_id", "bigint"),
+        Column("name", "string"),
+        Column("updated_at", "timestamp"),
+    )
+    item = plan_one(
+        tmp_path,
+        CatalogTable("accounts", str(source), "parquet", columns),
+        "table_name,primary_key,watermark_column,delete_column,delete_values\naccounts,account_id,updated_at,op,D\n",
+    )
+
+    manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
+
+    assert (manifest.rows_read, manifest.rows_written, manifest.rows_set_aside) == (2, 2, 0)
+    table = pq.read_table(manifest.output_location)
+    assert sorted(table["ACCOUNT_ID"].to_pylist()) == [1, 2]
+    assert table["updated_at"].null_count == 2

@@ -96,13 +96,18 @@ def test_rows_with_a_null_key_are_set_aside_in_quarantine_not_dropped(lake, caps
     assert set(quarantined["_cdc_set_aside_reason"].to_pylist()) == {"null primary key"}
 
 
-def test_a_row_set_aside_never_moves_the_watermark(lake, capsys) -> None:
+@pytest.mark.parametrize("incremental_by", ["arrival", "watermark"])
+def test_a_row_set_aside_never_moves_the_watermark(lake, capsys, incremental_by) -> None:
+    lake.registry(f"table_name,primary_key,incremental_by\npeople,id,{incremental_by}\n")
     lake.land("people", [person(1, "ada", 1), person(None, "from the future", 10**9)])
+    assert lake.run() == 0
+    lake.land("people", [person(1, "ada v2", 2), person(None, "from further on", 10**10)])
 
     assert lake.run() == 0
 
     status = lake.status(capsys)["people"]
-    assert datetime.fromisoformat(status["watermark"]) == T0 + timedelta(seconds=1)
+    assert datetime.fromisoformat(status["watermark"]) == T0 + timedelta(seconds=2)
+    assert rows_at(status["location"]) == [(1, "ada v2")]
 
 
 def test_one_unreadable_table_fails_alone_and_the_run_exits_1(lake, capsys) -> None:
