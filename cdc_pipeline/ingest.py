@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from py4j.protocol import Py4JJavaError
@@ -40,6 +40,7 @@ from cdc_pipeline.storage import Storage
 from cdc_pipeline.transform import (
     ORDER_COLUMN,
     DedupStrategy,
+    Merged,
     append_rows,
     col,
     is_time_type,
@@ -101,16 +102,16 @@ def _ingest(
     before = Watermark.parse(item.last_watermark) if item.last_watermark else None
     prepared = _prepare(item, inputs, ordering, before)
     incremental = item.load_type == LoadType.INCREMENTAL
-    # The batch feeds the merge more than once (its keys, its rows): an incremental batch is small,
-    # cache it. A full load's batch is the whole table and is read once (benchmarks/).
-    with _cached(prepared.batch, incremental) as batch:
-        result, tombstones, resolved = _merge(item, prepared, batch, strategy, started_at)
-        # Snapshot and tombstones come from one comparison of the changed keys: run it once.
-        with _cached(resolved, tombstones is not None):
-            rows_written = _write(result, item.output_location, f"written-{item.run_id}-{item.table}")
-            tombstones_location = _write_tombstones(item, tombstones)
-        stats = _BatchStats.of(prepared.metrics)
-        quarantine = _set_aside(item, batch, stats)
+    merged = _merge(item, prepared, strategy, started_at)
+    # An incremental batch, deduplicated, meets the snapshot and the tombstones by its keys several
+    # times: it is small, cache it. A full load's is the whole table and is used once. Snapshot and
+    # tombstones both come from one comparison of the changed keys: run it once.
+    with _cached(merged.latest, incremental), _cached(merged.resolved, merged.tombstones is not None):
+        rows_written = _write(merged.snapshot, item.output_location, f"written-{item.run_id}-{item.table}")
+        tombstones_location = _write_tombstones(item, merged.tombstones)
+    stats = _BatchStats.of(prepared.metrics)
+    quarantine = _set_aside(item, prepared.batch, stats)
+    result = merged.snapshot
 
     warnings = list(item.warnings)
     if quarantine:
@@ -177,11 +178,9 @@ def _cached(df: DataFrame, wanted: bool) -> Iterator[DataFrame]:
         df.unpersist()
 
 
-def _merge(
-    item: WorkItem, prepared: _Prepared, batch: DataFrame, strategy: DedupStrategy, started_at: datetime
-) -> tuple[DataFrame, DataFrame | None, DataFrame]:
-    """The new snapshot (without the pipeline's columns), its tombstones, and the resolved keys."""
-    kept = batch.filter(col(_REASON).isNull()).drop(_REASON)
+def _merge(item: WorkItem, prepared: _Prepared, strategy: DedupStrategy, started_at: datetime) -> Merged:
+    """The new snapshot (without the pipeline's columns) and its tombstones."""
+    kept = prepared.batch.filter(col(_REASON).isNull()).drop(_REASON)
     if item.mode == Mode.DEDUP:
         merged = merge_into_snapshot(
             prepared.snapshot,
@@ -195,15 +194,14 @@ def _merge(
             now_micros=_micros(started_at),
             tombstone_retention_micros=item.tombstone_retention_micros,
         )
-        result, tombstones, resolved = merged.snapshot, merged.tombstones, merged.resolved
     else:
-        result = append_rows(prepared.snapshot, kept)
-        tombstones, resolved = None, result
-    if not item.tombstones_location:
-        tombstones = None
-    result = result.drop(ORDER_COLUMN, SEQUENCE_COLUMN)
+        appended = append_rows(prepared.snapshot, kept)
+        merged = Merged(appended, None, kept, appended)
+    result = merged.snapshot.drop(ORDER_COLUMN, SEQUENCE_COLUMN)
     _check_pipeline_columns(item, result)
-    return result, tombstones, resolved
+    return replace(
+        merged, snapshot=result, tombstones=merged.tombstones if item.tombstones_location else None
+    )
 
 
 def _write_tombstones(item: WorkItem, tombstones: DataFrame | None) -> str | None:

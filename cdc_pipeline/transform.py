@@ -185,12 +185,14 @@ def drop_deleted(df: DataFrame, delete_column: str | None, delete_values: Sequen
 class Merged:
     """A merge's result: the new snapshot, and the tombstones to keep beside it (None: no deletes).
 
-    ``resolved`` is the one row per changed key both derive from: a caller writing both may cache
-    it so that the comparison runs once.
+    ``latest`` (the batch deduplicated, whose keys meet the snapshot and tombstones several times)
+    and ``resolved`` (the one row per changed key both outputs derive from) are what a caller may
+    cache so that neither is computed more than once.
     """
 
     snapshot: DataFrame
     tombstones: DataFrame | None
+    latest: DataFrame
     resolved: DataFrame
 
 
@@ -258,7 +260,7 @@ def merge_into_snapshot(
         # A column only the batch has (or only the snapshot) is NULL on the other side's rows.
         current = kept_snapshot.unionByName(current, allowMissingColumns=True).select(*map(col, data_columns))
     if not delete_column:
-        return Merged(current, None, winners)
+        return Merged(current, None, latest, winners)
     tombstone_columns = [*primary_key, *(c for c in ordering if c not in primary_key)]
     deleted = winners.filter(col(_DELETED)).select(
         *map(col, tombstone_columns),
@@ -266,7 +268,7 @@ def merge_into_snapshot(
     )
     if kept_tombstones is not None:
         deleted = kept_tombstones.select(*map(col, tombstone_columns), col(DELETED_AT)).unionByName(deleted)
-    return Merged(current, deleted, winners)
+    return Merged(current, deleted, latest, winners)
 
 
 def append_rows(snapshot: DataFrame | None, batch: DataFrame) -> DataFrame:
