@@ -17,6 +17,7 @@ locations and publishes nothing: the commit stage does that for all tables at on
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -509,10 +510,20 @@ def _raw_null_ordering(ordering: _Ordering) -> Column:
     return col(ordering.column).isNull() if ordering.column else F.lit(False)
 
 
+TARGET_FILE_BYTES = 128 * 1024 * 1024
+
+
 def _write(df: DataFrame, location: str, name: str) -> int:
-    """Write ``df`` as the Parquet folder ``location``; the rows written, counted while writing."""
+    """Write ``df`` as the Parquet folder ``location`` in files of about TARGET_FILE_BYTES (a small
+    table is one file); the rows written, counted while writing."""
     written = Observation(name)
-    df.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(location)
+    # Spark's own estimate of the result (from the bytes of the files it reads) sets the number of
+    # files; coalescing only ever merges partitions, so an estimate on the high side costs nothing.
+    estimate = int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
+    files = max(1, math.ceil(estimate / TARGET_FILE_BYTES))
+    df.coalesce(files).observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(
+        location
+    )
     return int(written.get["rows"])
 
 

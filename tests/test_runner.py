@@ -487,3 +487,19 @@ def test_integer_epochs_order_versions_in_the_unit_the_registry_names(lake, caps
     status = lake.status(capsys)["people"]
     assert rows_at(status["location"]) == [(1, "new")]
     assert status["watermark"] == "1970-01-01T00:01:41.000000Z"
+
+
+def test_a_small_tables_snapshot_and_tombstones_are_one_zstd_file_each_run(lake, capsys) -> None:
+    lake.registry("table_name,primary_key,delete_column,delete_values\npeople,id,name,gone\n")
+    lake.land("people", [person(n, f"p{n}", n) for n in range(50)] + [person(7, "gone", 99)])
+    assert lake.run() == 0
+    lake.land("people", [person(1, "p1 v2", 100), person(8, "gone", 100), person(60, "new", 100)])
+    assert lake.run() == 0
+
+    status = lake.status(capsys)["people"]
+    snapshot_files = list(Path(status["location"]).glob("*.parquet"))
+    tombstone_files = list(Path(status["tombstones"]).glob("*.parquet"))
+    assert (len(snapshot_files), len(tombstone_files)) == (1, 1)
+    column = pq.ParquetFile(snapshot_files[0]).metadata.row_group(0).column(0)
+    assert column.compression == "ZSTD"
+    assert len(rows_at(status["location"])) == 49
