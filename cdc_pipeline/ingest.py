@@ -244,7 +244,9 @@ class Inputs:
 def read_inputs(spark: SparkSession, item: WorkItem) -> Inputs:
     parts = read_source_parts(spark, item)
     snapshot = read_snapshot(spark, item)
-    labelled = [(snapshot, f"the current snapshot {item.current_snapshot}")] if snapshot is not None else []
+    labelled = (
+        [(snapshot, Place(f"the current snapshot {item.current_snapshot}"))] if snapshot is not None else []
+    )
     reconciled = reconcile(item.table, [*labelled, *parts])
     batch, *others = reconciled[len(labelled) :]
     for part in others:
@@ -265,7 +267,7 @@ def _with_catalog_columns(batch: DataFrame, item: WorkItem) -> DataFrame:
     return batch.withColumns({c["name"]: F.lit(None).cast(_spark_type(c["type"])) for c in missing})
 
 
-def read_source_parts(spark: SparkSession, item: WorkItem) -> list[tuple[DataFrame, str]]:
+def read_source_parts(spark: SparkSession, item: WorkItem) -> list[tuple[DataFrame, Place]]:
     """The files to read as DataFrames, each labelled with a file it holds. Parquet files whose
     schemas cannot be merged (a column widened between files) are read in groups that can."""
     if item.format not in READERS:
@@ -279,8 +281,11 @@ def read_source_parts(spark: SparkSession, item: WorkItem) -> list[tuple[DataFra
     if not paths:
         raise TableError(item.table, "the work item names no file to read; plan the run again")
     if item.format != "parquet":
-        return [(_read(spark, item, paths), paths[0])]
-    return [(df, group[0]) for df, group in _parquet_groups(spark, item, paths)]
+        return [(_read(spark, item, paths), Place(f"the files from {paths[0]}"))]
+    return [
+        (df, Place(f"the file(s) from {group[0]}", tuple(group)))
+        for df, group in _parquet_groups(spark, item, paths)
+    ]
 
 
 def _parquet_groups(
@@ -367,46 +372,99 @@ def _read_existing(spark: SparkSession, item: WorkItem, location: str | None, wh
         ) from exc
 
 
-def reconcile(table: str, labelled: list[tuple[DataFrame, str]]) -> list[DataFrame]:
+@dataclass(frozen=True)
+class Place:
+    """Where a DataFrame's rows come from, for messages: a description, and for a group of source
+    files their paths (so that a message can name one file holding a column's type)."""
+
+    description: str
+    paths: tuple[str, ...] = ()
+
+
+def reconcile(table: str, labelled: list[tuple[DataFrame, Place]]) -> list[DataFrame]:
     """The DataFrames with one spelling per column (the first seen) and one type per column (the
-    widened one); an incompatible type change fails the table naming a place holding each type."""
+    widened one). A column that holds only NULLs in one place takes the others' type (pyarrow
+    writes an all-NULL column with a type of its own); any other incompatible change fails the
+    table, naming a place holding each type."""
     spelling: dict[str, str] = {}
-    types: dict[str, tuple[str, str]] = {}
-    for df, where in labelled:
+    typed: dict[str, list[tuple[int, str, str]]] = {}  # lower name -> (place index, name, type)
+    for index, (df, place) in enumerate(labelled):
         try:
-            names = by_lower_name(df.columns, where)
+            names = by_lower_name(df.columns, place.description)
         except AmbiguousColumnError as exc:
             raise TableError(table, str(exc)) from exc
         for lower, name in names.items():
             spelling.setdefault(lower, name)
         for field in df.schema.fields:
-            lower, type_name = field.name.lower(), field.dataType.simpleString()
-            if lower not in types:
-                types[lower] = (type_name, where)
-                continue
-            known, known_where = types[lower]
-            widened = widen(known, type_name)
-            if widened is None:
-                raise TableError(
-                    table,
-                    f"column {spelling[lower]!r} changed type incompatibly: {known} in {known_where}, "
-                    f"{type_name} in {where}. Only widening (int to bigint, float to double, date to "
-                    "timestamp, more decimal digits) is applied; rewrite the files with one type, or "
-                    "reload the table in full once its files agree",
-                )
-            types[lower] = (widened, known_where if widened == known else where)
+            typed.setdefault(field.name.lower(), []).append(
+                (index, field.name, field.dataType.simpleString())
+            )
 
-    def conform(df: DataFrame) -> DataFrame:
+    unified: dict[str, str] = {}
+    nulls: set[tuple[int, str]] = set()  # (place index, lower name) of all-NULL columns set aside
+    for lower, entries in typed.items():
+        candidates = entries
+        if _widened(entries)[0] is None:
+            # Only on a conflict, so the extra look at the data is rare.
+            nulls |= {(i, lower) for i, name, _ in entries if _all_null(labelled[i][0], name)}
+            candidates = [e for e in entries if (e[0], lower) not in nulls] or entries[:1]
+        result, clash = _widened(candidates)
+        if result is None:
+            assert clash is not None
+            (i, name, known), (j, _, other) = clash
+            raise TableError(
+                table,
+                f"column {spelling[lower]!r} changed type incompatibly: {known} in "
+                f"{_holder(labelled[i], name, known)}, {other} in {_holder(labelled[j], name, other)}. Only "
+                "widening (int to bigint, float to double, date to timestamp, more decimal digits) is "
+                "applied; rewrite the files with one type, or reload the table in full once its files agree",
+            )
+        unified[lower] = result
+
+    def conform(index: int, df: DataFrame) -> DataFrame:
         columns = []
         for field in df.schema.fields:
             lower = field.name.lower()
-            column = col(field.name)
-            if field.dataType.simpleString() != types[lower][0]:
-                column = column.cast(types[lower][0])
+            column = F.lit(None) if (index, lower) in nulls else col(field.name)
+            if (index, lower) in nulls or field.dataType.simpleString() != unified[lower]:
+                column = column.cast(unified[lower])
             columns.append(column.alias(spelling[lower]))
         return df.select(*columns)
 
-    return [conform(df) for df, _ in labelled]
+    return [conform(index, df) for index, (df, _) in enumerate(labelled)]
+
+
+_Typed = tuple[int, str, str]
+
+
+def _widened(entries: list[_Typed]) -> tuple[str | None, tuple[_Typed, _Typed] | None]:
+    """The type all entries fit in, or None and the first pair that does not fit."""
+    holder = entries[0]
+    result = holder[2]
+    for entry in entries[1:]:
+        wider = widen(result, entry[2])
+        if wider is None:
+            return None, (holder, entry)
+        if wider != result:
+            result, holder = wider, entry
+    return result, None
+
+
+def _all_null(df: DataFrame, column: str) -> bool:
+    return df.select(col(column)).filter(col(column).isNotNull()).limit(1).count() == 0
+
+
+_FILES_SEARCHED = 50  # files whose footers an error message looks through for a column's type
+
+
+def _holder(labelled: tuple[DataFrame, Place], column: str, type_name: str) -> str:
+    """A place holding ``column`` as ``type_name``: for a group of files, one file that does."""
+    df, place = labelled
+    for path in place.paths[:_FILES_SEARCHED]:
+        schema = df.sparkSession.read.parquet(_escape_glob(path)).schema
+        if any(f.name.lower() == column.lower() and f.dataType.simpleString() == type_name for f in schema):
+            return f"file {path}"
+    return place.description
 
 
 @dataclass(frozen=True)
@@ -457,11 +515,11 @@ def _with_internal_columns(
             SEQUENCE_COLUMN, col(sequence) if sequence else F.lit(None)
         )
 
-    labelled = [(internal(inputs.batch), "the files read")]
+    labelled = [(internal(inputs.batch), Place("the files read"))]
     if inputs.snapshot is not None:
-        labelled.append((internal(inputs.snapshot), f"the current snapshot {item.current_snapshot}"))
+        labelled.append((internal(inputs.snapshot), Place(f"the current snapshot {item.current_snapshot}")))
     if inputs.tombstones is not None:
-        labelled.append((inputs.tombstones, f"the current tombstones {item.current_tombstones}"))
+        labelled.append((inputs.tombstones, Place(f"the current tombstones {item.current_tombstones}")))
     reconciled = reconcile(item.table, labelled)
     if all(isinstance(df.schema[SEQUENCE_COLUMN].dataType, T.NullType) for df in reconciled):
         reconciled = [df.withColumn(SEQUENCE_COLUMN, col(SEQUENCE_COLUMN).cast("long")) for df in reconciled]
@@ -492,7 +550,10 @@ def _rows_since_watermark(
         bound = watermark_literal(since, kind)
         raw = col(ordering.column)
         batch = batch.filter(raw >= bound if keyed else raw > bound)
-    return batch.filter(by_value)
+    # A value that is no readable time cannot be placed after the watermark either: it is kept, to
+    # be set aside (and reported) rather than silently skipped.
+    unreadable = col(ordering.column).isNotNull() & col(ORDER_COLUMN).isNull()
+    return batch.filter(by_value | unreadable)
 
 
 def _set_aside_reason(item: WorkItem, ordering: _Ordering) -> Column:

@@ -310,17 +310,19 @@ def _plan_table(
     if ordered_keys and incremental_by is IncrementalBy.WATERMARK:
         warnings.append("time_ordered_keys is ignored: the table is read by watermark, from all its files")
     load_type = _load_type(requested, tracker, incremental_by, warnings)
+    if (
+        load_type is LoadType.INCREMENTAL
+        and tracker is not None
+        and not _same_settings(tracker, settings or TableSettings.default(name))
+    ):
+        load_type = LoadType.FULL
+        warnings.append(_registry_changed(tracker))
     if listing is not None and start_after is not None and load_type is LoadType.FULL:
         listing = catalog.list_files(name)  # a full load reads every file, not only the newest
     cursor = FileCursor()
     if load_type is LoadType.INCREMENTAL and committed is not None:
         cursor = committed
-        if (
-            listing is not None
-            and not cursor.new_files(listing.files)
-            and tracker is not None
-            and _same_settings(tracker, settings or TableSettings.default(name))
-        ):
+        if listing is not None and not cursor.new_files(listing.files):
             listed = listing.files if ordered_keys and incremental_by is IncrementalBy.ARRIVAL else None
             settled = cursor.advance([], listing.reference, settle, listed)
             forgets = len(cursor.recent) - len(settled.recent)
@@ -369,20 +371,50 @@ def _plan_table(
 
 
 def _same_settings(tracker: TableState, settings: TableSettings) -> bool:
-    """Whether the registry still keys, orders and deletes the table as its snapshot was built
-    (compared ignoring case, without reading the table's columns)."""
-
-    def lower(value: str | None) -> str | None:
-        return value.lower() if value else None
-
+    """Whether the registry still keys, orders and deletes the table as its snapshot was built,
+    compared ignoring case and without reading the table's columns; a key-less table's delete and
+    sequence settings are ignored, as its work items ignore them."""
+    keyed = bool(settings.primary_key)
     watermark = settings.watermark_column if settings.watermark_column_explicit else None
+    registry = _dedup_key(
+        Mode.DEDUP if keyed else Mode.APPEND,
+        primary_key=settings.primary_key,
+        sequence_column=settings.sequence_column if keyed else None,
+        delete_column=settings.delete_column if keyed else None,
+        delete_values=settings.delete_values if keyed else (),
+        watermark_unit=settings.watermark_unit,
+    )
+    return registry == tracker.dedup_settings() and (
+        watermark is None or watermark.lower() == (tracker.watermark_column or "").lower()
+    )
+
+
+def _dedup_key(
+    mode: Mode,
+    *,
+    primary_key: tuple[str, ...] | list[str],
+    sequence_column: str | None,
+    delete_column: str | None,
+    delete_values: tuple[str, ...] | list[str],
+    watermark_unit: str | None,
+) -> tuple[object, ...]:
+    """What decides a key's current version, with column names as Glue and Spark match them."""
     return (
-        tuple(map(str.lower, settings.primary_key)) == tuple(map(str.lower, tracker.primary_key))
-        and lower(settings.sequence_column) == lower(tracker.sequence_column)
-        and lower(settings.delete_column) == lower(tracker.delete_column)
-        and tuple(settings.delete_values) == tuple(tracker.delete_values)
-        and settings.watermark_unit == tracker.watermark_unit
-        and (watermark is None or lower(watermark) == lower(tracker.watermark_column))
+        mode.value,
+        tuple(column.lower() for column in primary_key),
+        sequence_column.lower() if sequence_column else None,
+        delete_column.lower() if delete_column else None,
+        tuple(delete_values),
+        watermark_unit,
+    )
+
+
+def _registry_changed(tracker: TableState) -> str:
+    return (
+        "registry changed how rows are keyed, ordered or deleted since the last commit "
+        f"(was key {list(tracker.primary_key)}, ordering {tracker.watermark_column!r}, sequence "
+        f"{tracker.sequence_column!r}, delete column {tracker.delete_column!r}): full load to "
+        "rebuild the snapshot"
     )
 
 
@@ -503,19 +535,20 @@ def _work_item(
         )
 
     mode = Mode.DEDUP if keyed else Mode.APPEND
-    dedup_settings = (
-        mode.value,
-        tuple(primary_key),
-        sequence_column,
-        delete_column,
-        settings.delete_values,
-        settings.watermark_unit,
+    dedup_settings = _dedup_key(
+        mode,
+        primary_key=primary_key,
+        sequence_column=sequence_column if keyed else None,
+        delete_column=delete_column if keyed else None,
+        delete_values=settings.delete_values if keyed else (),
+        watermark_unit=settings.watermark_unit,
     )
+    was_ordered_by = (tracker.watermark_column or "").lower() if tracker else ""
     if load_type is LoadType.INCREMENTAL and tracker is not None:
         if incremental_by is IncrementalBy.WATERMARK and watermark_column is None:
             load_type = LoadType.FULL
         elif incremental_by is IncrementalBy.WATERMARK and (
-            tracker.watermark is None or tracker.watermark_column != watermark_column
+            tracker.watermark is None or was_ordered_by != (watermark_column or "").lower()
         ):
             load_type = LoadType.FULL
             warnings.append(
@@ -523,15 +556,10 @@ def _work_item(
                 f"{tracker.watermark_column!r}): full load"
             )
         elif tracker.dedup_settings() != dedup_settings or (
-            tracker.watermark_column != watermark_column and tracker.watermark_column is not None
+            tracker.watermark_column is not None and was_ordered_by != (watermark_column or "").lower()
         ):
             load_type = LoadType.FULL
-            warnings.append(
-                "registry changed how rows are keyed, ordered or deleted since the last commit "
-                f"(was key {list(tracker.primary_key)}, ordering {tracker.watermark_column!r}, sequence "
-                f"{tracker.sequence_column!r}, delete column {tracker.delete_column!r}): full load to "
-                "rebuild the snapshot"
-            )
+            warnings.append(_registry_changed(tracker))
 
     incremental = load_type is LoadType.INCREMENTAL and tracker is not None
     return WorkItem(

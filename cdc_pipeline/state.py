@@ -67,12 +67,13 @@ class TableState:
             FileCursor.from_json(self.cursor)  # raises ValueError on anything but a cursor
 
     def dedup_settings(self) -> tuple[object, ...]:
-        """What decides a key's current version; a change invalidates the snapshot."""
+        """What decides a key's current version, column names as Glue and Spark match them (ignoring
+        case); a change invalidates the snapshot."""
         return (
             self.mode,
-            self.primary_key,
-            self.sequence_column,
-            self.delete_column,
+            tuple(column.lower() for column in self.primary_key),
+            self.sequence_column.lower() if self.sequence_column else None,
+            self.delete_column.lower() if self.delete_column else None,
             self.delete_values,
             self.watermark_unit,
         )

@@ -28,6 +28,15 @@ ORDER_COLUMN = "_cdc_order"  # the ordering value, microseconds since the epoch 
 DELETED_AT = "_cdc_deleted_at"  # in tombstones: when the delete was applied, microseconds
 _DELETED = "_cdc_deleted"
 _LONG_MAX = 2**63 - 1
+# 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z as microseconds since the epoch.
+MIN_ORDERING_MICROS = -62_135_596_800_000_000
+MAX_ORDERING_MICROS = 253_402_300_799_999_999
+# What an ISO-8601 ordering value may look like: a calendar date, optionally a time (T or a space,
+# hh:mm, seconds and a fraction optional) and an offset (Z, +hh, +hhmm or +hh:mm).
+ISO_8601_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?$"
+)
 _TIEBREAK = "_cdc_tiebreak"
 _WINNER = "_cdc_winner"
 _ROW_NUMBER = "_cdc_row_number"
@@ -66,18 +75,25 @@ def ordering_micros(column: str, data_type: T.DataType, unit_micros: int | None)
     cannot be read as a time: ISO-8601 text (offsets allowed, mixed offsets ordered by instant; no
     offset means UTC) or an integer count of ``unit_micros`` since the epoch."""
     if isinstance(data_type, T.StringType):
-        return F.unix_micros(F.expr(f"try_cast({_sql_name(column)} AS timestamp)"))
-    if isinstance(data_type, T.IntegralType):
+        # Spark's cast alone also takes "10:00:00" (today's date!), "2026" or zone names: only the
+        # ISO-8601 calendar forms are let through to it.
+        text = F.trim(col(column))
+        iso = text.rlike(ISO_8601_PATTERN)
+        micros = F.when(iso, F.unix_micros(F.expr(f"try_cast(trim({_sql_name(column)}) AS timestamp)")))
+    elif isinstance(data_type, T.IntegralType):
         if unit_micros is None:
             raise ValueError(f"integer ordering column {column!r} needs a unit")
         value = col(column).cast("long")
         limit = _LONG_MAX // unit_micros
-        return F.when(F.abs(value) <= F.lit(limit), value * F.lit(unit_micros))
-    if is_time_type(data_type):
+        micros = F.when(F.abs(value) <= F.lit(limit), value * F.lit(unit_micros))
+    elif is_time_type(data_type):
         kind = watermark_kind(data_type)
         assert kind is not None
-        return watermark_micros(column, kind)
-    raise ValueError(f"column {column!r} of type {data_type.simpleString()} cannot order versions")
+        micros = watermark_micros(column, kind)
+    else:
+        raise ValueError(f"column {column!r} of type {data_type.simpleString()} cannot order versions")
+    # Years 1 to 9999 only: outside them no watermark can be written down (nor read by most tools).
+    return F.when(micros.between(F.lit(MIN_ORDERING_MICROS), F.lit(MAX_ORDERING_MICROS)), micros)
 
 
 def _sql_name(name: str) -> str:
@@ -241,16 +257,15 @@ def merge_into_snapshot(
         kept_snapshot = snapshot.join(keys, list(primary_key), "left_anti")
     kept_tombstones = None
     if tombstones is not None:
+        if tombstone_retention_micros is not None:
+            # An expired tombstone no longer counts, whether or not the batch holds its key.
+            tombstones = tombstones.filter(col(DELETED_AT) > F.lit(now_micros - tombstone_retention_micros))
         hits = tombstones.join(keys, list(primary_key), "left_semi")
         candidates = candidates.unionByName(
             hits.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK)).withColumn(_DELETED, F.lit(True)),
             allowMissingColumns=True,
         )
         kept_tombstones = tombstones.join(keys, list(primary_key), "left_anti")
-        if tombstone_retention_micros is not None:
-            kept_tombstones = kept_tombstones.filter(
-                col(DELETED_AT) > F.lit(now_micros - tombstone_retention_micros)
-            )
     if snapshot is None and tombstones is None:
         winners = candidates  # the batch alone, already one row per key
     else:

@@ -263,3 +263,14 @@ def test_rows_with_map_columns_are_deduplicated_too(spark, strategy) -> None:
     assert len(winners) == 1
     assert winners[0].tags["v"] in {"new", "tie"}
     assert again[0].tags == winners[0].tags
+
+
+def test_an_expired_tombstone_no_longer_keeps_a_late_update_of_its_key_out(spark) -> None:
+    deleted = merge_with_tombstones(None, frame(spark, [(1, "gone", 2, "D", at(2))]), now=0)
+
+    late = merge_with_tombstones(
+        deleted.snapshot, frame(spark, [(1, "late", 1, "U", at(1))]), tombstones=deleted.tombstones, now=5_000
+    )
+
+    assert as_set(late.snapshot) == {(1, "late")}
+    assert late.tombstones.count() == 0
