@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from cdc_pipeline.aws.clients import COMMIT_GLUE_THREADS, COMMIT_S3_THREADS, aws_client
 from cdc_pipeline.aws.glue import GlueOutputCatalog
 from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
 from cdc_pipeline.settings import CommitSettings
@@ -18,8 +18,8 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 settings = CommitSettings.from_env(os.environ)
-s3 = boto3.client("s3")
-glue = boto3.client("glue")
+s3 = aws_client("s3", threads=COMMIT_S3_THREADS)
+glue = aws_client("glue", threads=COMMIT_GLUE_THREADS)
 
 
 @logger.inject_lambda_context(log_event=True)
