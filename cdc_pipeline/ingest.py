@@ -17,7 +17,6 @@ locations and publishes nothing: the commit stage does that for all tables at on
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Iterator
@@ -571,20 +570,22 @@ def _raw_null_ordering(ordering: _Ordering) -> Column:
     return col(ordering.column).isNull() if ordering.column else F.lit(False)
 
 
-TARGET_FILE_BYTES = 128 * 1024 * 1024
+# Below this estimated size a table's output is written as one file; above it, Spark's partitions
+# (file splits and shuffle partitions of about 128 MiB, see spark.py) make the files. Coalescing a
+# larger output would pull the snapshot's scan and anti-join into one task (measured: 2M rows on
+# one core, benchmarks/README.md).
+ONE_FILE_BYTES = 16 * 1024 * 1024
 
 
 def _write(df: DataFrame, location: str, name: str) -> int:
-    """Write ``df`` as the Parquet folder ``location`` in files of about TARGET_FILE_BYTES (a small
-    table is one file); the rows written, counted while writing."""
+    """Write ``df`` as the Parquet folder ``location`` (a small table as one file); the rows written,
+    counted while writing."""
     written = Observation(name)
-    # Spark's own estimate of the result (from the bytes of the files it reads) sets the number of
-    # files; coalescing only ever merges partitions, so an estimate on the high side costs nothing.
+    # Spark's own estimate of the result, from the bytes of the files it reads (on the high side).
     estimate = int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
-    files = max(1, math.ceil(estimate / TARGET_FILE_BYTES))
-    df.coalesce(files).observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(
-        location
-    )
+    if estimate <= ONE_FILE_BYTES:
+        df = df.coalesce(1)
+    df.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(location)
     return int(written.get["rows"])
 
 

@@ -24,7 +24,7 @@ REQUIRED_CONF = {
     # ZSTD: files 2.6x smaller than Snappy's at the same write and scan time (benchmarks/README.md);
     # Athena bills by bytes scanned. Athena, DuckDB and pyarrow read it.
     "spark.sql.parquet.compression.codec": "zstd",
-    # Shuffle output coalesced towards the size of one output file (see ingest.TARGET_FILE_BYTES).
+    # Shuffle output coalesced towards ~128 MiB partitions, so output files of about that size.
     "spark.sql.adaptive.advisoryPartitionSizeInBytes": "128m",
 }
 LOCAL_CONF = {
