@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -349,14 +349,13 @@ def _plan_table(
         )
         if listing is None:
             return item
-        data = item.to_json()
         listed = listing.files if ordered_keys and incremental_by is IncrementalBy.ARRIVAL else None
-        data.update(
+        return replace(
+            item,
             files=files,
             location=listing.location,
             next_cursor=cursor.advance(applied, listing.reference, settle, listed).to_json(),
         )
-        return WorkItem(**data)
 
     item = build(load_type, cursor)
     if isinstance(item, WorkItem) and item.load_type != load_type.value:
@@ -366,7 +365,7 @@ def _plan_table(
             listing = catalog.list_files(name)
         item = build(LoadType.FULL, FileCursor())
         if isinstance(item, WorkItem):
-            item = WorkItem(**{**item.to_json(), "warnings": warnings})
+            item = replace(item, warnings=warnings)
     return item
 
 
