@@ -68,6 +68,7 @@ from cdc_pipeline.aws.glue import GlueCatalog, GlueOutputCatalog
 from cdc_pipeline.aws.s3 import S3RegistrySource, S3StateStore, S3Storage, parse_s3_uri
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.manifest import SUCCEEDED, Manifest
+from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
 from cdc_pipeline.plan import PLAN_THREADS, WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
 from cdc_pipeline.tasks import commit_task, plan_task
@@ -84,7 +85,6 @@ STEP_FUNCTIONS_PAYLOAD_LIMIT = 256 * 1024
 LAMBDA_TIMEOUT_S = 900
 LAMBDA_MEMORY_MIB = 2048
 GLUE_GET_TABLES_PAGE = 100  # the most tables one GetTables page holds on AWS (moto: all of them)
-MIB = 1024 * 1024
 COLUMNS = [
     {"Name": "id", "Type": "bigint"},
     {"Name": "name", "Type": "string"},
@@ -182,7 +182,7 @@ def _glue_backend() -> Any:
     return glue_backends[DEFAULT_ACCOUNT_ID][REGION]
 
 
-def land(count: int, session: boto3.session.Session) -> Deployment:
+def land(count: int, session: boto3.session.Session, pack_bytes: int = DEFAULT_PACK_BYTES) -> Deployment:
     """``count`` Glue tables of one S3 object each, and the registry (inside ``mock_aws``).
 
     Tables and objects go straight into moto's backends: 10,000 CreateTable and PutObject calls
@@ -222,6 +222,7 @@ def land(count: int, session: boto3.session.Session) -> Deployment:
         output_path=f"s3://{PIPELINE_BUCKET}/current",
         cdc_path=f"s3://{PIPELINE_BUCKET}/state",
         registry_prefix=f"s3://{PIPELINE_BUCKET}/registry",
+        pack_bytes=pack_bytes,
     )
     return Deployment(
         names=names,
@@ -281,6 +282,7 @@ def ingest_stand_in(items: list[WorkItem]) -> None:
             incremental_by=item.incremental_by,
             files_read=None if item.files is None else len(item.files),
             cursor=item.next_cursor,
+            bytes_written=4096,
         )
         bucket, key = parse_s3_uri(item.manifest_location)
         s3.put_object(bucket, key, json.dumps(manifest.to_json()).encode())
@@ -414,16 +416,21 @@ def classify(filename: str) -> str:
 
 
 def run_files(planned: dict[str, Any]) -> dict[str, Any]:
-    """Sizes of what the plan wrote: plan.json, items.json and each work item file."""
+    """Sizes of what the plan wrote: plan.json, items.json, each work item file and each pack file
+    (the work items of small tables sharing a Glue run)."""
     run_dir = planned["plan_location"].rsplit("/", 1)[0]
-    bucket, prefix = parse_s3_uri(f"{run_dir}/items/")
-    item_sizes = sorted(
-        key.size for name, key in _s3_backend().get_bucket(bucket).keys.items() if name.startswith(prefix)
-    )
+    bucket, items_prefix = parse_s3_uri(f"{run_dir}/items/")
+    _, packs_prefix = parse_s3_uri(f"{run_dir}/packs/")
+    keys = _s3_backend().get_bucket(bucket).keys
+    item_sizes = sorted(key.size for name, key in keys.items() if name.startswith(items_prefix))
+    pack_sizes = sorted(key.size for name, key in keys.items() if name.startswith(packs_prefix))
     items_location = f"s3://{planned['items_bucket']}/{planned['items_key']}"
     return {
         "plan_bytes": _object(planned["plan_location"]).size,
         "items_bytes": _object(items_location).size,
+        "pack_files": len(pack_sizes),
+        "pack_bytes_max": pack_sizes[-1] if pack_sizes else 0,
+        "pack_bytes_total": sum(pack_sizes),
         "item_files": len(item_sizes),
         "item_bytes_min": item_sizes[0] if item_sizes else 0,
         "item_bytes_median": int(statistics.median(item_sizes)) if item_sizes else 0,
@@ -516,6 +523,7 @@ def timed_plan(
         **calls.figures(wall_s),
         **run_files(planned),
         "item_count": planned["item_count"],
+        "table_count": planned["table_count"],
         "unchanged_count": planned["unchanged_count"],
     }
     return figures, planned
@@ -680,19 +688,22 @@ def check_plan(
     problems = []
     if tables != expected["tables"]:
         problems.append(f"{len(tables)} work items, expected {len(expected['tables'])}")
-    if (planned["item_count"], planned["unchanged_count"]) != (
+    if (planned["table_count"], planned["unchanged_count"]) != (
         len(expected["tables"]),
         expected["unchanged"],
     ):
         problems.append(
-            f"item_count {planned['item_count']} and unchanged_count {planned['unchanged_count']}, expected "
-            f"{len(expected['tables'])} and {expected['unchanged']}"
+            f"table_count {planned['table_count']} and unchanged_count {planned['unchanged_count']}, "
+            f"expected {len(expected['tables'])} and {expected['unchanged']}"
         )
     wrong = [item.table for item in items if (item.load_type, item.files) != expected["work"]]
     if wrong:
         problems.append(f"{len(wrong)} items are not {expected['work']}, e.g. {wrong[:3]}")
-    if figures["item_files"] != len(expected["tables"]):
-        problems.append(f"{figures['item_files']} work item files")
+    if figures["item_files"] + figures["pack_files"] != planned["item_count"]:
+        problems.append(
+            f"{figures['item_files']} work item and {figures['pack_files']} pack files for "
+            f"{planned['item_count']} Glue runs"
+        )
     if figures["payload_bytes"] >= STEP_FUNCTIONS_PAYLOAD_LIMIT:
         problems.append(f"its payload is {figures['payload_bytes']:,} B, over Step Functions' 256 KiB")
     if problems:
@@ -707,6 +718,7 @@ def run(
     session: boto3.session.Session | None = None,
     latency: AwsLatency | None = None,
     emulate: str | None = None,
+    pack_bytes: int = DEFAULT_PACK_BYTES,
 ) -> dict[str, Any]:
     """The whole scenario in a fresh moto: land, full plan, commit, 5% new files, incremental plan.
 
@@ -723,6 +735,9 @@ def run(
     emulate
         ``"low"`` or ``"high"``: also time each plan with moto's answers held back by the low or high
         latencies, to see how far the threads overlap the waits.
+    pack_bytes
+        The plan's packing of small tables into shared Glue runs (0: one run, and one work item
+        file, per table).
 
     Raises
     ------
@@ -747,7 +762,7 @@ def run(
     }
     with mock_aws():
         started = time.perf_counter()
-        deployment = land(tables, session)
+        deployment = land(tables, session, pack_bytes)
         results["land_s"] = time.perf_counter() - started
         print(f"  landed {tables:,} tables in {results['land_s']:.1f} s", flush=True)
         plan_calls = ApiCalls([deployment.plan_s3, deployment.plan_glue])
@@ -902,7 +917,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         return f"moto {moto:.1f}, botocore {sdk:.1f}, pipeline {own:.1f}"
 
     rows = [
-        ("work items / unchanged", *both(lambda f: f"{f['item_count']:,} / {f['unchanged_count']:,}")),
+        ("work items / unchanged", *both(lambda f: f"{f['table_count']:,} / {f['unchanged_count']:,}")),
+        ("Glue runs (Map items)", *both(lambda f: f"{f['item_count']:,}")),
         ("wall time on moto (s)", *both(lambda f: f"{f['wall_s']:.1f}")),
         (
             "CPU time: all / moto / client (s)",
@@ -917,7 +933,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         ),
         ("plan.json", *both(size("plan_bytes"))),
         ("items.json", *both(size("items_bytes"))),
-        ("work item files", *both(lambda f: f"{f['item_files']:,}")),
+        ("work item / pack files", *both(lambda f: f"{f['item_files']:,} / {f['pack_files']:,}")),
+        ("largest pack file", *both(size("pack_bytes_max"))),
         (
             "work item size min/median/max",
             *both(lambda f: f"{f['item_bytes_min']:,}/{f['item_bytes_median']:,}/{f['item_bytes_max']:,} B"),
@@ -1010,6 +1027,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["low", "high"],
         help="also time each plan with moto's answers delayed by the low or high AWS latencies",
     )
+    parser.add_argument(
+        "--pack-mib",
+        type=int,
+        default=DEFAULT_PACK_BYTES // MIB,
+        help="pack small tables into shared Glue runs up to this many MiB (0: one run per table)",
+    )
     args = parser.parse_args(argv)
     if args.tables < 20:
         parser.error("--tables must be at least 20 (5% of them change)")
@@ -1030,7 +1053,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         results = run(
-            args.tables, memory=not args.no_memory, profile=not args.no_profile, emulate=args.emulate_latency
+            args.tables,
+            memory=not args.no_memory,
+            profile=not args.no_profile,
+            emulate=args.emulate_latency,
+            pack_bytes=args.pack_mib * MIB,
         )
     except BenchmarkError as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS
 from cdc_pipeline.errors import CommitConflictError, ConfigurationError
+from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
 from cdc_pipeline.plan import LoadType
 from cdc_pipeline.report import render_report, render_status
 from cdc_pipeline.runner import DEFAULT_PARALLELISM, RunSettings, run_local
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SETTLE_WINDOW,
         help="how long a file may take to appear after the time it is stamped with, as an ISO-8601 "
         "duration (default %(default)s; see docs/semantics.md)",
+    )
+    run.add_argument(
+        "--pack-mib",
+        type=int,
+        default=DEFAULT_PACK_BYTES // MIB,
+        help="small tables whose work is under this many MiB share one Glue run on AWS; locally it only "
+        "shapes the report's Glue DPU-minute estimate (default %(default)s, 0: one run per table)",
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -102,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         parallelism=args.parallelism,
         retained_snapshots=args.retain_snapshots,
         settle_window=args.settle_window,
+        pack_bytes=args.pack_mib * MIB,
     )
     lock = threading.Lock()
 

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdc_pipeline.errors import CommitConflictError, ConfigurationError
-from cdc_pipeline.manifest import SUCCEEDED, Manifest
+from cdc_pipeline.manifest import FAILED, SUCCEEDED, Manifest
+from cdc_pipeline.packs import DEFAULT_GLUE_DPU, estimate_dpu_minutes
 from cdc_pipeline.plan import Plan, WorkItem
 from cdc_pipeline.state import StateDocument, StateStore, TableState
 from cdc_pipeline.storage import Storage
@@ -55,6 +56,8 @@ class CommitReport:
     outcomes: list[TableOutcome]
     warnings: list[str]
     deleted_locations: list[str]
+    # What the run's ingest bills on Glue, packed as planned and one run per table (packs.py).
+    glue_estimate: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[TableOutcome]:
@@ -68,6 +71,7 @@ class CommitReport:
             "tables": [outcome.__dict__ for outcome in self.outcomes],
             "warnings": self.warnings,
             "deleted_locations": self.deleted_locations,
+            "glue_estimate": self.glue_estimate,
         }
 
 
@@ -77,10 +81,16 @@ def commit_run(
     storage: Storage,
     *,
     failures: dict[str, str] | None = None,
+    run_failures: dict[str, str] | None = None,
     retained_snapshots: int = DEFAULT_RETAINED_SNAPSHOTS,
     now: datetime | None = None,
+    dpu_per_run: float = DEFAULT_GLUE_DPU,
 ) -> CommitReport:
     """Publish the run's successful tables; ``failures`` carries ingest errors by table name.
+
+    ``run_failures`` carries, by table name, the error of a Glue run that ingested several tables:
+    it explains a table with no manifest, but a table that run finished (success manifest written)
+    is published.
 
     Raises CommitConflictError when another run committed since ``plan`` was made. Committing the
     same run twice (a retried Commit Lambda) returns the report again and writes nothing.
@@ -88,6 +98,7 @@ def commit_run(
     if retained_snapshots < 1:
         raise ConfigurationError("retained snapshots must be at least 1 (the current snapshot)")
     failures = failures or {}
+    run_failures = run_failures or {}
     committed_at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     current, version = state_store.read()
 
@@ -95,7 +106,9 @@ def commit_run(
     outcomes: list[TableOutcome] = []
     # One read per table: in parallel, as 10,000 sequential S3 reads would take minutes.
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
-        results = list(pool.map(lambda item: _manifest_for(item, storage, failures), plan.items))
+        results = list(
+            pool.map(lambda item: _manifest_for(item, storage, failures, run_failures), plan.items)
+        )
     for item, (manifest, problem) in zip(plan.items, results, strict=True):
         if manifest is None:
             before = current.tables.get(item.table)
@@ -173,6 +186,8 @@ def commit_run(
         )
     unpublished = [location for i in plan.items if i.table not in manifests for location in _outputs(i)]
     deleted = _delete_unreferenced(storage, expired + unpublished, document)
+    seconds = {name: manifest.duration_s for name, manifest in manifests.items()}
+    estimate = estimate_dpu_minutes(plan.glue_runs(), seconds, dpu_per_run) if plan.items else None
     return CommitReport(
         run_id=plan.run_id,
         revision=document.revision,
@@ -180,6 +195,7 @@ def commit_run(
         outcomes=sorted(outcomes, key=lambda outcome: outcome.table),
         warnings=plan.warnings,
         deleted_locations=deleted,
+        glue_estimate=estimate.to_json() if estimate else None,
     )
 
 
@@ -213,16 +229,20 @@ def _already_committed(current: StateDocument, run_id: str) -> bool:
 
 
 def _manifest_for(
-    item: WorkItem, storage: Storage, failures: dict[str, str]
+    item: WorkItem, storage: Storage, failures: dict[str, str], run_failures: dict[str, str]
 ) -> tuple[Manifest | None, str | None]:
     if item.table in failures:
         return None, failures[item.table]
     try:
         data = storage.read_json(item.manifest_location)
         if data is None:
-            return None, f"no manifest at {item.manifest_location}: its ingest did not finish"
+            return None, run_failures.get(
+                item.table, f"no manifest at {item.manifest_location}: its ingest did not finish"
+            )
         if not isinstance(data, dict):
             raise ValueError("it holds JSON that is not an object")
+        if _is_failure_record(data, item):
+            return None, data["message"]
         manifest = Manifest.from_json(data)
     except (ValueError, TypeError) as exc:
         return None, f"manifest {item.manifest_location} is unreadable ({exc}); the table is not published"
@@ -232,6 +252,12 @@ def _manifest_for(
             f"with status {manifest.status!r}, not a success of this run"
         )
     return manifest, None
+
+
+def _is_failure_record(data: dict[str, Any], item: WorkItem) -> bool:
+    """What ``ingest_items`` leaves for a table that failed (manifest.failure_record)."""
+    identity = (data.get("status"), data.get("run_id"), data.get("table"))
+    return identity == (FAILED, item.run_id, item.table) and isinstance(data.get("message"), str)
 
 
 def _next_state(
@@ -270,6 +296,7 @@ def _next_state(
         watermark_unit=manifest.watermark_unit,
         tombstones=manifest.tombstones_location,
         previous_tombstones=tuple(tombstones),
+        bytes=manifest.bytes_written,
     )
     return state, expired + expired_tombstones
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cdc_pipeline.errors import TableError
-from cdc_pipeline.manifest import SUCCEEDED, Manifest
+from cdc_pipeline.manifest import SUCCEEDED, Manifest, failure_record
 from cdc_pipeline.plan import LoadType, Mode, WorkItem
 from cdc_pipeline.registry import EPOCH_UNITS, IncrementalBy
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, widen
@@ -70,12 +71,15 @@ def ingest_table(
     check_session(spark)
     if item.output_location in {item.location, item.current_snapshot}:
         raise TableError(item.table, f"output location {item.output_location} would overwrite live data")
+    # An earlier attempt's manifest must not vouch for the output this attempt is about to replace.
+    storage.delete_tree(item.manifest_location)
     started_at = datetime.now(UTC)
     start = time.monotonic()
     try:
         manifest = _ingest(spark, item, strategy, started_at, start)
     except (Py4JJavaError, PySparkException) as exc:
         raise TableError(item.table, f"Spark failed reading or writing it: {_first_line(exc)}") from exc
+    manifest = replace(manifest, bytes_written=storage.size(item.output_location))
     storage.write_json(item.manifest_location, manifest.to_json())
     logger.info(
         "table %s ingested: %d file(s), %d rows read, %d written, watermark %s -> %s",
@@ -87,6 +91,73 @@ def ingest_table(
         manifest.watermark_after,
     )
     return manifest
+
+
+Done = Callable[[WorkItem, "Manifest | None", "str | None"], None]
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What several ingests left: each table's manifest, or its error."""
+
+    manifests: dict[str, Manifest]
+    failures: dict[str, str]
+
+
+def ingest_items(
+    spark: SparkSession,
+    items: Sequence[WorkItem],
+    storage: Storage,
+    *,
+    parallelism: int,
+    started: Callable[[WorkItem], None] | None = None,
+    done: Done | None = None,
+) -> Ingested:
+    """Ingest several work items on one session, each on its own: one table's failure fails only
+    that table; the error of each table that failed is also left as its failure record.
+
+    An item whose success manifest of this run already exists (a retried Glue run) is not ingested
+    again. ``started`` and ``done`` are called once per item, ``done`` with its manifest or its error.
+    """
+    manifests: dict[str, Manifest] = {}
+    failures: dict[str, str] = {}
+
+    def one(item: WorkItem) -> Manifest:
+        if started:
+            started(item)
+        existing = storage.read_json(item.manifest_location)
+        if isinstance(existing, dict) and existing.get("status") == SUCCEEDED:
+            manifest = Manifest.from_json(existing)
+            if (manifest.run_id, manifest.table) == (item.run_id, item.table):
+                logger.info(
+                    "table %s: already ingested by an earlier attempt of run %s", item.table, item.run_id
+                )
+                return manifest
+        return ingest_table(spark, item, storage)
+
+    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="ingest") as pool:
+        futures = {pool.submit(one, item): item for item in items}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                manifest = future.result()
+            except TableError as exc:
+                logger.warning("%s", exc, exc_info=exc)  # the cause's trace, for the run's log only
+                failures[item.table] = str(exc)
+            except Exception as exc:
+                logger.exception("table %s failed unexpectedly", item.table)
+                failures[item.table] = f"unexpected {type(exc).__name__}: {exc}"
+            else:
+                manifests[item.table] = manifest
+                if done:
+                    done(item, manifest, None)
+                continue
+            storage.write_json(
+                item.manifest_location, failure_record(item.run_id, item.table, failures[item.table])
+            )
+            if done:
+                done(item, None, failures[item.table])
+    return Ingested(manifests, failures)
 
 
 # ----------------------------------------------------------------------------------------------

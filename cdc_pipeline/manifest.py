@@ -1,4 +1,9 @@
-"""The result manifest: what one table's ingest produced, written before anything is published."""
+"""The result manifest: what one table's ingest produced, written before anything is published.
+
+A success manifest is written last, once every output file is; a failed ingest writes a short
+failure record in its place, so a Glue run that ingests several tables gives the commit one
+outcome per table.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SUCCEEDED = "succeeded"
+FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class Manifest:
     cursor: dict[str, Any] | None = None
     watermark_unit: str | None = None
     tombstones_location: str | None = None
+    bytes_written: int | None = None  # the snapshot's size on storage
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,3 +53,8 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         return cls(**data)
+
+
+def failure_record(run_id: str, table: str, message: str) -> dict[str, Any]:
+    """What a failed ingest leaves where its manifest would be."""
+    return {"run_id": run_id, "table": table, "status": FAILED, "message": message}

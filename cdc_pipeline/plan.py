@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 # unit the registry names.
 TIME_TYPES = frozenset(kind.value for kind in WatermarkKind)
 INTEGER_TYPES = frozenset({"tinyint", "smallint", "int", "bigint"})
-WORK_ITEM_FORMAT = 2
+WORK_ITEM_FORMAT = 3
 PLAN_THREADS = 16  # tables listed and described at once (S3 and Glue calls)
 
 
@@ -74,6 +74,9 @@ class Layout:
     def item(self, table: str, run_id: str) -> str:
         return _join(self.run_dir(run_id), "items", f"{table}.json")
 
+    def pack(self, number: int, run_id: str) -> str:
+        return _join(self.run_dir(run_id), "packs", f"pack-{number:04d}.json")
+
     def report(self, run_id: str) -> str:
         return _join(self.run_dir(run_id), "report.json")
 
@@ -88,7 +91,8 @@ class WorkItem:
 
     ``files`` are the data files to read, relative to ``location``; None reads the whole location
     (a source with no files to list). ``next_cursor`` is the table's file cursor once this item is
-    committed.
+    committed. ``input_bytes`` (the files' bytes) and ``snapshot_bytes`` (the current snapshot's)
+    size the work; None where they are not known.
     """
 
     run_id: str
@@ -119,6 +123,9 @@ class WorkItem:
     current_tombstones: str | None = None
     tombstones_location: str | None = None
     tombstone_retention_micros: int = 0
+    # What the ingest will read, for packing small tables into shared Glue runs (None: unknown).
+    input_bytes: int | None = None
+    snapshot_bytes: int | None = None
     format_version: int = WORK_ITEM_FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -150,6 +157,14 @@ class Plan:
     unchanged: list[str] = field(default_factory=list)
     # ...but for its file cursor, where it can forget many files that have settled since.
     refreshed_cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Tables that share one Glue run, by the location of their pack file (packs.py).
+    packs: dict[str, list[str]] = field(default_factory=dict)
+
+    def glue_runs(self) -> list[list[str]]:
+        """The tables of each Glue run: every pack, and every other item alone."""
+        packed = {table for tables in self.packs.values() for table in tables}
+        alone = [[item.table] for item in self.items if item.table not in packed]
+        return alone + [list(tables) for tables in self.packs.values()]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -163,6 +178,7 @@ class Plan:
             "warnings": self.warnings,
             "unchanged": self.unchanged,
             "refreshed_cursors": self.refreshed_cursors,
+            "packs": self.packs,
         }
 
     @classmethod
@@ -350,9 +366,11 @@ def _plan_table(
         if listing is None:
             return item
         listed = listing.files if ordered_keys and incremental_by is IncrementalBy.ARRIVAL else None
+        read = applied if incremental_by is IncrementalBy.ARRIVAL else listing.files
         return replace(
             item,
             files=files,
+            input_bytes=sum(data_file.size for data_file in read),
             location=listing.location,
             next_cursor=cursor.advance(applied, listing.reference, settle, listed).to_json(),
         )
@@ -586,6 +604,7 @@ def _work_item(
         incremental_by=incremental_by.value,
         watermark_unit=settings.watermark_unit,
         current_tombstones=tracker.tombstones if incremental and tracker else None,
+        snapshot_bytes=tracker.bytes if incremental and tracker else None,
         tombstones_location=layout.tombstones(table.name, run_id) if keyed and delete_column else None,
         tombstone_retention_micros=settings.tombstone_retention_micros,
     )

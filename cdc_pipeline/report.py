@@ -36,6 +36,13 @@ def render_report(report: CommitReport) -> str:
         f"{len(report.outcomes) - failed} of {len(report.outcomes)} table(s) ok ({unchanged} unchanged), "
         f"{failed} failed",
     ]
+    if report.glue_estimate:
+        estimate = report.glue_estimate
+        lines.append(
+            f"on Glue: {estimate['glue_runs']} job run(s) of {estimate['dpu_per_run']:g} DPU, about "
+            f"{estimate['dpu_minutes']:g} DPU-minutes (one run per table: {estimate['glue_runs_unpacked']} "
+            f"runs, {estimate['dpu_minutes_unpacked']:g} DPU-minutes)"
+        )
     return "\n".join(lines)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import TYPE_CHECKING
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, settle_micros
 from cdc_pipeline.catalog import LocalCatalog, NoOutputCatalog
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS, CommitReport
-from cdc_pipeline.errors import ConfigurationError, TableError
+from cdc_pipeline.errors import ConfigurationError
 from cdc_pipeline.manifest import Manifest
+from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
 from cdc_pipeline.plan import Layout, LoadType, Plan, WorkItem, new_run_id
 from cdc_pipeline.registry import LocalRegistrySource
 from cdc_pipeline.stages import commit_stage, plan_stage
@@ -46,6 +46,7 @@ class RunSettings:
     parallelism: int = DEFAULT_PARALLELISM
     retained_snapshots: int = DEFAULT_RETAINED_SNAPSHOTS
     settle_window: str = DEFAULT_SETTLE_WINDOW
+    pack_bytes: int = DEFAULT_PACK_BYTES
     run_id: str = field(default_factory=new_run_id)
 
     def __post_init__(self) -> None:
@@ -55,6 +56,10 @@ class RunSettings:
             settle_micros(self.settle_window)
         except ValueError as exc:
             raise ConfigurationError(f"--settle-window: {exc}") from exc
+        if self.pack_bytes < 0:
+            raise ConfigurationError(
+                f"--pack-mib must be 0 (no packing) or more, got {self.pack_bytes // MIB}"
+            )
         if self.retained_snapshots < 1:
             raise ConfigurationError(
                 f"--retain-snapshots must be at least 1 (the current snapshot), got {self.retained_snapshots}"
@@ -118,6 +123,7 @@ def _run(settings: RunSettings, layout: Layout, spark: SparkSession | None, say:
         load_type=settings.load_type,
         tables=list(settings.tables) or None,
         settle_window=settings.settle_window,
+        pack_bytes=settings.pack_bytes,
     )
     for table in plan.unchanged:
         say(table, "unchanged: no new file since its last commit")
@@ -141,34 +147,28 @@ def _run(settings: RunSettings, layout: Layout, spark: SparkSession | None, say:
 def _ingest_all(
     plan: Plan, settings: RunSettings, storage: LocalStorage, spark: SparkSession | None, say: Progress
 ) -> dict[str, str]:
-    from cdc_pipeline.ingest import ingest_table
+    from cdc_pipeline.ingest import ingest_items
     from cdc_pipeline.spark import local_session
 
-    session = spark or local_session()
-    failures: dict[str, str] = {}
+    def done(item: WorkItem, manifest: Manifest | None, error: str | None) -> None:
+        if manifest is None:
+            say(item.table, f"FAILED: {error}")
+            return
+        files = "" if manifest.files_read is None else f"{manifest.files_read} file(s), "
+        say(
+            item.table,
+            f"ingested in {manifest.duration_s:.1f}s: {files}{manifest.rows_read} rows read, "
+            f"{manifest.rows_written} in snapshot",
+        )
 
-    def one(item: WorkItem) -> Manifest:
+    def started(item: WorkItem) -> None:
         say(item.table, f"started ({item.load_type}, {item.mode})")
-        return ingest_table(session, item, storage)
 
-    with ThreadPoolExecutor(max_workers=settings.parallelism, thread_name_prefix="ingest") as pool:
-        futures = {pool.submit(one, item): item for item in plan.items}
-        for future in as_completed(futures):
-            item = futures[future]
-            try:
-                manifest = future.result()
-            except TableError as exc:
-                failures[item.table] = str(exc)
-                say(item.table, f"FAILED: {exc}")
-            except Exception as exc:
-                logger.exception("table %s failed unexpectedly", item.table)
-                failures[item.table] = f"unexpected {type(exc).__name__}: {exc}"
-                say(item.table, f"FAILED: {failures[item.table]}")
-            else:
-                files = "" if manifest.files_read is None else f"{manifest.files_read} file(s), "
-                say(
-                    item.table,
-                    f"ingested in {manifest.duration_s:.1f}s: {files}{manifest.rows_read} rows read, "
-                    f"{manifest.rows_written} in snapshot",
-                )
-    return failures
+    return ingest_items(
+        spark or local_session(),
+        plan.items,
+        storage,
+        parallelism=settings.parallelism,
+        started=started,
+        done=done,
+    ).failures

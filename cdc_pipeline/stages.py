@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
 
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
 from cdc_pipeline.catalog import Catalog, OutputCatalog, PublishedTable
 from cdc_pipeline.commit import IO_THREADS, CommitReport, commit_run
+from cdc_pipeline.packs import DEFAULT_GLUE_DPU, DEFAULT_PACK_BYTES, Pack, pack
 from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
 from cdc_pipeline.registry import RegistrySource, load_registry
 from cdc_pipeline.state import StateStore
@@ -32,8 +35,10 @@ def plan_stage(
     load_type: LoadType | None = None,
     tables: list[str] | None = None,
     settle_window: str = DEFAULT_SETTLE_WINDOW,
+    pack_bytes: int = DEFAULT_PACK_BYTES,
 ) -> Plan:
-    """Plan a run and write its plan and its item list (the Distributed Map's input)."""
+    """Plan a run and write its plan and its item list (the Distributed Map's input): one entry per
+    Glue run, naming a work item's file or a pack's (small tables sharing a run)."""
     registry = load_registry(registry_source)
     state, version = state_store.read()
     plan = plan_run(
@@ -47,20 +52,38 @@ def plan_stage(
         tables=tables,
         settle_window=settle_window,
     )
-    storage.write_json(layout.plan(run_id), plan.to_json())
-    # Each work item in a file of its own, and the Map's list names them: a child execution's input
-    # and the Glue job's argument stay small however many columns a table has.
-    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
-        list(
-            pool.map(
-                lambda item: storage.write_json(layout.item(item.table, run_id), item.to_json()), plan.items
+    # Each Glue run's work item (or pack) in a file of its own, and the Map's list names them: a
+    # child execution's input and the Glue job's argument stay small however many columns a table has.
+    runs: list[_GlueRun] = []
+    packs: dict[str, list[str]] = {}
+    for run in pack(plan.items, pack_bytes):
+        if len(run) == 1:
+            runs.append(_GlueRun(run[0].table, layout.item(run[0].table, run_id), run[0].to_json()))
+        else:
+            number = len(packs) + 1
+            label = f"pack-{number:04d}"
+            location = layout.pack(number, run_id)
+            packs[location] = [item.table for item in run]
+            runs.append(
+                _GlueRun(f"{label} ({len(run)} tables)", location, Pack(run_id, label, run).to_json())
             )
-        )
+    plan = replace(plan, packs=packs)
+    storage.write_json(layout.plan(run_id), plan.to_json())
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        list(pool.map(lambda run: storage.write_json(run.location, run.document), runs))
     storage.write_json(
-        layout.items(run_id),
-        [{"table": item.table, "work_item_location": layout.item(item.table, run_id)} for item in plan.items],
+        layout.items(run_id), [{"table": run.label, "work_item_location": run.location} for run in runs]
     )
     return plan
+
+
+@dataclass(frozen=True)
+class _GlueRun:
+    """One Distributed Map item: ``label`` names the child execution (a table, or a pack)."""
+
+    label: str
+    location: str
+    document: dict[str, Any]
 
 
 def load_plan(storage: Storage, layout: Layout, run_id: str) -> Plan:
@@ -79,6 +102,8 @@ def commit_stage(
     layout: Layout,
     failures: dict[str, str],
     retained_snapshots: int,
+    run_failures: dict[str, str] | None = None,
+    dpu_per_run: float = DEFAULT_GLUE_DPU,
 ) -> CommitReport:
     """Commit the run, point the output catalog at the new snapshots, write the report.
 
@@ -87,7 +112,15 @@ def commit_stage(
     publishes again. Meanwhile the catalog still points at the previous snapshot, which exists as
     long as at least two snapshots are retained (the deployment's minimum).
     """
-    report = commit_run(plan, state_store, storage, failures=failures, retained_snapshots=retained_snapshots)
+    report = commit_run(
+        plan,
+        state_store,
+        storage,
+        failures=failures,
+        run_failures=run_failures,
+        retained_snapshots=retained_snapshots,
+        dpu_per_run=dpu_per_run,
+    )
     storage.write_json(layout.report(plan.run_id), report.to_json())
     # A table whose snapshot did not move (nothing new to append) keeps its catalog entry.
     output_catalog.publish(

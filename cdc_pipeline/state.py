@@ -22,10 +22,10 @@ from cdc_pipeline.arrivals import FileCursor
 from cdc_pipeline.errors import CommitConflictError, StateCorruptError
 from cdc_pipeline.watermark import Watermark
 
-# 2 added the file cursor, the read mode, the epoch unit and the tombstones of each table; a
-# format-1 document is read as it is (its tables have none of those yet).
-FORMAT_VERSION = 2
-READABLE_FORMATS = frozenset({1, 2})
+# 2 added the file cursor, the read mode, the epoch unit and the tombstones of each table; 3 the
+# snapshot's bytes. Older documents are read as they are (their tables have none of those yet).
+FORMAT_VERSION = 3
+READABLE_FORMATS = frozenset({1, 2, 3})
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
 HISTORY_DIR = "history"
@@ -55,6 +55,7 @@ class TableState:
     # The keys deleted within the table's tombstone retention, beside the snapshot (never in it).
     tombstones: str | None = None
     previous_tombstones: tuple[str, ...] = ()
+    bytes: int | None = None  # the current snapshot's size on storage (None: committed before format 3)
 
     def __post_init__(self) -> None:
         if self.watermark is not None:

@@ -26,6 +26,10 @@ class Storage(Protocol):
         """Remove everything at and below ``location``; False when there was nothing there."""
         ...
 
+    def size(self, location: str) -> int:
+        """The bytes of every file at and below ``location`` (0 when there is none)."""
+        ...
+
 
 class LocalStorage:
     """Storage on the local file system; writes are atomic (write, then rename)."""
@@ -56,3 +60,13 @@ class LocalStorage:
         else:
             path.unlink()
         return True
+
+    def size(self, location: str) -> int:
+        path = Path(location)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(
+            os.path.getsize(os.path.join(folder, name))
+            for folder, _, names in os.walk(path)
+            for name in names
+        )

@@ -15,7 +15,7 @@ from typing import Any
 from cdc_pipeline.aws.s3 import parse_s3_uri
 from cdc_pipeline.catalog import Catalog, OutputCatalog
 from cdc_pipeline.errors import ConfigurationError
-from cdc_pipeline.plan import Layout, LoadType, new_run_id
+from cdc_pipeline.plan import Layout, LoadType, Plan, new_run_id
 from cdc_pipeline.registry import RegistrySource
 from cdc_pipeline.settings import CommitSettings, PlanSettings
 from cdc_pipeline.stages import commit_stage, load_plan, plan_stage
@@ -54,12 +54,15 @@ def plan_task(
         load_type=LoadType(requested) if requested else None,
         tables=tables or None,
         settle_window=settings.settle_window,
+        pack_bytes=settings.pack_bytes,
     )
     items_bucket, items_key = parse_s3_uri(layout.items(plan.run_id))
     logger.info(
-        "run %s planned: %d table(s) to ingest, %d unchanged, %d failed in plan, %d skipped",
+        "run %s planned: %d table(s) to ingest in %d Glue run(s), %d unchanged, %d failed in plan, "
+        "%d skipped",
         plan.run_id,
         len(plan.items),
+        len(plan.glue_runs()),
         len(plan.unchanged),
         len(plan.failed),
         len(plan.skipped),
@@ -68,14 +71,16 @@ def plan_task(
         "run_id": plan.run_id,
         "items_bucket": items_bucket,
         "items_key": items_key,
-        "item_count": len(plan.items),
+        "item_count": len(plan.glue_runs()),
+        "table_count": len(plan.items),
         "unchanged_count": len(plan.unchanged),
         "plan_location": layout.plan(plan.run_id),
     }
 
 
 def map_failures(map_result: dict[str, Any], storage: Storage) -> dict[str, str]:
-    """The error of every table whose child execution failed or was caught, from the Map's results.
+    """The error of every Glue run whose child execution failed or was caught, by the location of
+    its work item or pack, from the Map's results.
 
     The Distributed Map's ResultWriter leaves a manifest listing result files; each holds the
     child executions with their input and output. A table missing here is still failed by the
@@ -91,10 +96,28 @@ def map_failures(map_result: dict[str, Any], storage: Storage) -> dict[str, str]
     for group in ("FAILED", "SUCCEEDED"):
         for result_file in manifest.get("ResultFiles", {}).get(group, []):
             for child in storage.read_json(f"s3://{details['Bucket']}/{result_file['Key']}") or []:
-                table, reason = _child_failure(child)
-                if table is not None and reason is not None:
-                    failures[table] = reason
+                location, reason = _child_failure(child)
+                if location is not None and reason is not None:
+                    failures[location] = reason
     return failures
+
+
+def table_failures(
+    plan: Plan, layout: Layout, by_location: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The Map's failures by table: a table's own Glue run failed (its outcome), and the run of a
+    pack failed (the reason of each of its tables that left no manifest)."""
+    own = {
+        item.table: by_location[layout.item(item.table, plan.run_id)]
+        for item in plan.items
+        if layout.item(item.table, plan.run_id) in by_location
+    }
+    packed = {
+        table: f"{reason} (the Glue run of its pack {location})"
+        for location, reason in by_location.items()
+        for table in plan.packs.get(location, [])
+    }
+    return own, packed
 
 
 def failure_text(error: str, cause: str) -> str:
@@ -109,13 +132,13 @@ def failure_text(error: str, cause: str) -> str:
 
 
 def _child_failure(child: dict[str, Any]) -> tuple[str | None, str | None]:
+    location = json.loads(child.get("Input") or "{}").get("work_item_location")
     output = json.loads(child["Output"]) if child.get("Output") else {}
     if output.get("status") == "FAILED":
         error = output.get("error") or {}
-        return output.get("table"), failure_text(error.get("Error", "error"), error.get("Cause", ""))
+        return location, failure_text(error.get("Error", "error"), error.get("Cause", ""))
     if child.get("Status") != "SUCCEEDED":
-        table = json.loads(child.get("Input") or "{}").get("table")
-        return table, failure_text(
+        return location, failure_text(
             str(child.get("Error") or child.get("Status")), str(child.get("Cause") or "")
         )
     return None, None
@@ -132,7 +155,9 @@ def commit_task(
     """Commit the run the event names; raise CommitConflictError when another run came first."""
     layout = Layout(output_path=settings.output_path, cdc_path=settings.cdc_path)
     plan = load_plan(storage, layout, event["plan"]["run_id"])
-    failures = map_failures(event.get("map_result") or {}, storage)
+    failures, run_failures = table_failures(
+        plan, layout, map_failures(event.get("map_result") or {}, storage)
+    )
     report = commit_stage(
         plan=plan,
         state_store=state_store,
@@ -140,7 +165,9 @@ def commit_task(
         output_catalog=output_catalog,
         layout=layout,
         failures=failures,
+        run_failures=run_failures,
         retained_snapshots=settings.retained_snapshots,
+        dpu_per_run=settings.glue_dpu,
     )
     succeeded = [o for o in report.outcomes if o.status == "succeeded"]
     for outcome in report.failed:

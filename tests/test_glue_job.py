@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdc_pipeline.catalog import CatalogTable, Column
-from cdc_pipeline.errors import ConfigurationError
-from cdc_pipeline.glue_job import parse_work_item, run_job
+from cdc_pipeline.errors import ConfigurationError, PipelineError
+from cdc_pipeline.glue_job import parse_work_items, run_job
+from cdc_pipeline.packs import Pack
 from cdc_pipeline.plan import Layout, WorkItem, plan_run
 from cdc_pipeline.registry import parse_registry
 from cdc_pipeline.state import StateDocument
@@ -95,7 +96,7 @@ def test_dms_headerless_csv_is_read_with_the_catalog_columns_and_merged(tmp_path
     )
     item = plan_one(tmp_path, table, "table_name,primary_key,delete_column,delete_values\npeople,id,Op,D\n")
 
-    manifest = run_job(["--work_item", json.dumps(item.to_json()), *GLUE_ARGUMENTS], spark=spark)
+    (manifest,) = run_job(["--work_item", json.dumps(item.to_json()), *GLUE_ARGUMENTS], spark=spark)
 
     assert (manifest.rows_read, manifest.rows_written) == (4, 1)
     assert manifest.watermark_after == "2026-01-01T00:00:03.000000Z"
@@ -116,7 +117,7 @@ def test_json_lines_are_read_with_the_catalog_columns(tmp_path, spark) -> None:
         tmp_path, CatalogTable("events", str(source), "json", columns), "table_name,primary_key\nevents,id\n"
     )
 
-    manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
+    (manifest,) = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
 
     assert [r[:2] for r in rows(manifest.output_location)] == [(1, "b")]
 
@@ -134,11 +135,11 @@ def test_unsupported_format_fails_the_job_naming_the_table(tmp_path, spark) -> N
 
 def test_work_item_argument_must_be_a_work_item() -> None:
     with pytest.raises(ConfigurationError, match="not one the Plan Lambda writes"):
-        parse_work_item(["--work_item", '{"table": "x", "format_version": 2}'])
-    with pytest.raises(ConfigurationError, match="has format None; this cdc-pipeline reads format 2"):
-        parse_work_item(["--work_item", '{"table": "x"}'])
+        parse_work_items(["--work_item", '{"table": "x", "format_version": 3}'])
+    with pytest.raises(ConfigurationError, match="has format None; this cdc-pipeline reads format 3"):
+        parse_work_items(["--work_item", '{"table": "x"}'])
     with pytest.raises(SystemExit):
-        parse_work_item(["--JOB_ID", "j_1"])
+        parse_work_items(["--JOB_ID", "j_1"])
 
 
 def test_glue_entrypoint_script_ingests_a_work_item_as_glue_invokes_it(tmp_path) -> None:
@@ -189,7 +190,7 @@ def test_json_keys_match_catalog_columns_case_insensitively_and_varchar_reads_as
         "table_name,primary_key,watermark_column\ncrm,customerid,updatedat\n",
     )
 
-    manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
+    (manifest,) = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
 
     assert (manifest.rows_read, manifest.rows_set_aside) == (1, 0)
     assert [r[:2] for r in rows(manifest.output_location)] == [(7, "ada")]
@@ -210,7 +211,7 @@ def test_csv_varchar_columns_read_as_strings(tmp_path, spark) -> None:
         tmp_path, CatalogTable("people", str(source), "csv", columns), "table_name,primary_key\npeople,id\n"
     )
 
-    manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
+    (manifest,) = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
 
     assert manifest.rows_written == 2
 
@@ -232,9 +233,51 @@ def test_catalog_columns_the_files_lack_are_read_as_null_never_a_refusal(tmp_pat
         "table_name,primary_key,watermark_column,delete_column,delete_values\naccounts,account_id,updated_at,op,D\n",
     )
 
-    manifest = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
+    (manifest,) = run_job(["--work_item", json.dumps(item.to_json())], spark=spark)
 
     assert (manifest.rows_read, manifest.rows_written, manifest.rows_set_aside) == (2, 2, 0)
     table = pq.read_table(manifest.output_location)
     assert sorted(table["ACCOUNT_ID"].to_pylist()) == [1, 2]
     assert table["updated_at"].null_count == 2
+
+
+def test_a_pack_ingests_each_table_on_its_own_and_fails_the_run_naming_the_failed_table(
+    tmp_path, spark
+) -> None:
+    source = tmp_path / "raw" / "events"
+    source.mkdir(parents=True)
+    (source / "part-0.json").write_text(
+        json.dumps({"id": 1, "kind": "a", "updated_at": "2026-01-01T00:00:00Z"})
+    )
+    columns = (Column("id", "bigint"), Column("kind", "string"), Column("updated_at", "timestamp"))
+    good = plan_one(
+        tmp_path, CatalogTable("events", str(source), "json", columns), "table_name,primary_key\nevents,id\n"
+    )
+    bad = plan_one(
+        tmp_path / "other",
+        CatalogTable("logs", str(tmp_path), "avro", (Column("id", "bigint"),)),
+        "table_name,primary_key\nlogs,id\n",
+    )
+    pack_file = tmp_path / "state" / "runs" / "r1" / "packs" / "pack-0001.json"
+    LocalStorage().write_json(str(pack_file), Pack("r1", "pack-0001", [bad, good]).to_json())
+
+    with pytest.raises(
+        PipelineError, match=r"1 of the 2 tables of this run failed: table 'logs': format 'avro'"
+    ):
+        run_job(["--work_item_location", str(pack_file), *GLUE_ARGUMENTS], spark=spark)
+
+    storage = LocalStorage()
+    manifest = storage.read_json(good.manifest_location)
+    assert manifest["status"] == "succeeded"
+    assert [r[:2] for r in rows(manifest["output_location"])] == [(1, "a")]
+    assert manifest["bytes_written"] == sum(
+        f.stat().st_size for f in Path(good.output_location).rglob("*") if f.is_file()
+    )
+    failure = storage.read_json(bad.manifest_location)
+    assert (failure["status"], failure["table"]) == ("failed", "logs")
+    assert "format 'avro' is not supported" in failure["message"]
+
+    # A retried run of the pack does not ingest again what an earlier attempt finished.
+    with pytest.raises(PipelineError, match="1 of the 2 tables"):
+        run_job(["--work_item_location", str(pack_file)], spark=spark)
+    assert storage.read_json(good.manifest_location) == manifest

@@ -477,7 +477,7 @@ def test_a_format_1_document_written_before_arrival_reads_is_read_as_it_is(tmp_p
         legacy_tracker["watermark"],
     )
     assert (customers.incremental_by, customers.cursor, customers.tombstones) == (None, None, None)
-    assert document.to_json()["format_version"] == 2
+    assert document.to_json()["format_version"] == 3
 
 
 def test_a_tracker_with_a_garbled_file_cursor_is_corrupt_not_empty(tmp_path) -> None:

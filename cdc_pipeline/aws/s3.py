@@ -185,6 +185,21 @@ class S3Storage:
             deleted_any = True
         return deleted_any
 
+    def size(self, location: str) -> int:
+        """The bytes of the object at ``location`` and of every object below ``location/``."""
+        bucket, key = parse_s3_uri(location)
+        key = key.rstrip("/")
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        try:
+            return sum(
+                entry["Size"]
+                for page in pages
+                for entry in page.get("Contents", [])
+                if entry["Key"] == key or entry["Key"].startswith(key + "/")
+            )
+        except ClientError as exc:
+            _raise_for(exc, doing="list", uri=location, permission="s3:ListBucket")
+
     def _keys_below(self, bucket: str, prefix: str, location: str) -> Iterator[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         try:

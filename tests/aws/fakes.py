@@ -12,7 +12,8 @@ import uuid
 from typing import Any
 
 from cdc_pipeline.aws.s3 import S3Storage
-from cdc_pipeline.manifest import SUCCEEDED, Manifest
+from cdc_pipeline.manifest import SUCCEEDED, Manifest, failure_record
+from cdc_pipeline.packs import Pack
 from cdc_pipeline.plan import WorkItem
 
 PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
@@ -91,8 +92,20 @@ def ingest_succeeded(
         incremental_by=item.incremental_by,
         files_read=None if item.files is None else len(item.files),
         cursor=item.next_cursor,
+        bytes_written=4096,
     )
     storage.write_json(item.manifest_location, manifest.to_json())
+
+
+def work_items_at(storage: S3Storage, location: str) -> list[WorkItem]:
+    """The work items a Glue run's ``--work_item_location`` names: one item, or a pack's."""
+    data = storage.read_json(location)
+    return Pack.from_json(data).items if Pack.is_pack(data) else [WorkItem.from_json(data)]
+
+
+def ingest_failed(storage: S3Storage, item: WorkItem, message: str) -> None:
+    """What the Glue job leaves when a table's ingest fails: its failure record."""
+    storage.write_json(item.manifest_location, failure_record(item.run_id, item.table, message))
 
 
 def run_to_end(

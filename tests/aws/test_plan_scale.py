@@ -32,6 +32,7 @@ from cdc_pipeline.aws.clients import (
 )
 from cdc_pipeline.aws.glue import PUBLISH_THREADS
 from cdc_pipeline.commit import IO_THREADS
+from cdc_pipeline.packs import PACK_MAX_TABLES
 from cdc_pipeline.plan import PLAN_THREADS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,18 +185,21 @@ def _quiet_first_loads() -> Iterator[None]:
 def test_a_full_plan_of_1000_tables_gives_each_a_small_work_item_and_returns_a_tiny_payload(scale) -> None:
     full = scale["full"]
 
-    assert (full["item_count"], full["unchanged_count"], full["item_files"]) == (TABLES, 0, TABLES)
+    # Small tables: packs of PACK_MAX_TABLES share a Glue run, and the Map gets one item per pack.
+    runs = TABLES // PACK_MAX_TABLES
+    assert (full["table_count"], full["unchanged_count"]) == (TABLES, 0)
+    assert (full["item_count"], full["pack_files"], full["item_files"]) == (runs, runs, 0)
     assert full["payload_bytes"] < 1 * KIB  # Step Functions allows 256 KiB
-    assert full["item_bytes_max"] < 2 * KIB
+    assert full["pack_bytes_total"] < 2 * KIB * TABLES
     assert full["items_bytes"] < 150 * TABLES  # the Map's list: a table name and a location each
     assert full["plan_bytes"] < 2 * KIB * TABLES
 
 
-def test_a_full_plan_makes_one_listing_per_table_and_one_write_per_work_item(scale) -> None:
+def test_a_full_plan_makes_one_listing_per_table_and_one_write_per_glue_run(scale) -> None:
     operations = scale["full"]["operations"]
 
     assert operations["s3:ListObjectsV2"] == TABLES + 1  # and the registry's prefix
-    assert operations["s3:PutObject"] == TABLES + 2  # and plan.json, items.json
+    assert operations["s3:PutObject"] == TABLES // PACK_MAX_TABLES + 2  # and plan.json, items.json
     assert operations["s3:GetObject"] == 2  # the registry and the state
     assert operations["glue:GetTables"] == 1  # moto: one page; AWS: ceil(tables / 100)
     assert scale["aws_projection"]["full"]["get_tables_pages"] == TABLES // 100
@@ -215,10 +219,10 @@ def test_an_incremental_plan_after_5_percent_got_a_new_file_plans_those_and_list
     changed = len(plan_scale.changed_tables(plan_scale.table_names(TABLES)))
 
     assert changed == TABLES // 20
-    assert (incremental["item_count"], incremental["unchanged_count"]) == (changed, TABLES - changed)
-    assert incremental["item_files"] == changed
+    assert (incremental["table_count"], incremental["unchanged_count"]) == (changed, TABLES - changed)
+    assert (incremental["item_count"], incremental["pack_files"]) == (1, 1)  # 50 small tables: one run
     assert incremental["operations"]["s3:ListObjectsV2"] == TABLES + 1  # every table is still listed
-    assert incremental["operations"]["s3:PutObject"] == changed + 2
+    assert incremental["operations"]["s3:PutObject"] == 1 + 2
     assert incremental["payload_bytes"] < 1 * KIB
     # plan.json holds the work items and the unchanged tables' names, not their trackers.
     assert incremental["plan_bytes"] < scale["full"]["plan_bytes"] / 5
@@ -226,8 +230,11 @@ def test_an_incremental_plan_after_5_percent_got_a_new_file_plans_those_and_list
 
 def test_with_aws_latency_the_plan_keeps_each_thread_pool_busy(boto_session: Any) -> None:
     # moto answers at once and under the GIL, so only held-back answers show the threads overlapping
-    # their waits: listings on PLAN_THREADS, work item writes on IO_THREADS.
-    emulated = plan_scale.run(200, memory=False, profile=False, session=boto_session, emulate="high")
+    # their waits: listings on PLAN_THREADS, work item writes on IO_THREADS (one file per table
+    # without packing).
+    emulated = plan_scale.run(
+        200, memory=False, profile=False, session=boto_session, emulate="high", pack_bytes=0
+    )
 
     in_flight = emulated["full"]["emulated"]["mean_in_flight_by_operation"]
     assert in_flight["s3:ListObjectsV2"] > PLAN_THREADS / 2

@@ -89,10 +89,9 @@ from moto.stepfunctions.parser import models as stepfunctions_models
 from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
 from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
-from cdc_pipeline.plan import WorkItem
 
 from .conftest import REGION, SOURCE_DATABASE
-from .fakes import create_source_tables, ingest_succeeded, registry_csv, run_to_end
+from .fakes import create_source_tables, ingest_succeeded, registry_csv, run_to_end, work_items_at
 from .test_state_machine import FakeContext, _CopySharingExecutions, _fix_moto_interrupt_all, load_handler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -448,9 +447,8 @@ class Deployment:
         def start_job_run(job: FakeJob, *args: Any, **kwargs: Any) -> str:
             arguments = kwargs["arguments"]
             self.job_runs.append((job.name, arguments))
-            ingest_succeeded(
-                self.storage, WorkItem.from_json(self.storage.read_json(arguments["--work_item_location"]))
-            )
+            for item in work_items_at(self.storage, arguments["--work_item_location"]):
+                ingest_succeeded(self.storage, item)
             return original_start(job, *args, **kwargs)
 
         monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
@@ -559,8 +557,9 @@ def test_a_scheduled_run_of_the_deployed_state_machine_commits_every_table(deplo
     commit = json.loads(execution["output"])["commit"]
     assert (commit["succeeded_count"], commit["failed_count"]) == (3, 0)
     ingested = sorted(
-        deployment.storage.read_json(arguments["--work_item_location"])["table"]
+        item.table
         for _, arguments in deployment.job_runs
+        for item in work_items_at(deployment.storage, arguments["--work_item_location"])
     )
     assert ingested == tables
     assert {job for job, _ in deployment.job_runs} == {deployment.outputs["IngestJobName"]}

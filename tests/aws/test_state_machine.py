@@ -31,10 +31,19 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 )
 
 from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
+from cdc_pipeline.packs import PACK_MAX_TABLES
 from cdc_pipeline.plan import WorkItem
 
 from .conftest import BUCKET, OUTPUT_DATABASE, REGION, SOURCE_DATABASE
-from .fakes import create_source_tables, ingest_succeeded, land_files, registry_csv, run_to_end
+from .fakes import (
+    create_source_tables,
+    ingest_failed,
+    ingest_succeeded,
+    land_files,
+    registry_csv,
+    run_to_end,
+    work_items_at,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "state_machine" / "cdc_pipeline.asl.json"
@@ -129,6 +138,7 @@ def load_handler(path: Path, name: str) -> ModuleType:
 
 
 GlueOutcome = Callable[[WorkItem, int], str]
+GLUE_ERROR = "file x.parquet is not readable Parquet"
 
 
 class Pipeline:
@@ -164,22 +174,29 @@ class Pipeline:
         original_as_dict = FakeJobRun.as_dict
 
         def start_job_run(job: FakeJob, *args: Any, **kwargs: Any) -> str:
-            item = WorkItem.from_json(self.storage.read_json(kwargs["arguments"]["--work_item_location"]))
-            attempt = self.attempts[item.table] = self.attempts.get(item.table, 0) + 1
-            outcome = self.outcome(item, attempt)
-            if outcome == "THROTTLED":
+            # Like the Glue job: each table of the run (one, or a pack's) on its own; the run fails
+            # when any of its tables did.
+            items = work_items_at(self.storage, kwargs["arguments"]["--work_item_location"])
+            outcomes = []
+            for item in items:
+                attempt = self.attempts[item.table] = self.attempts.get(item.table, 0) + 1
+                outcomes.append(self.outcome(item, attempt))
+            if "THROTTLED" in outcomes:
                 raise ConcurrentRunsExceededException(f"Job with name {job.name} already running")
-            if outcome == "SUCCEEDED":
-                ingest_succeeded(self.storage, item)
+            for item, outcome in zip(items, outcomes, strict=True):
+                if outcome == "SUCCEEDED":
+                    ingest_succeeded(self.storage, item)
+                else:
+                    ingest_failed(self.storage, item, f"table {item.table!r}: {GLUE_ERROR}")
             run_id = original_start(job, *args, **kwargs)
-            self.job_run_outcomes[run_id] = outcome
+            self.job_run_outcomes[run_id] = "FAILED" if "FAILED" in outcomes else "SUCCEEDED"
             return run_id
 
         def as_dict(run: FakeJobRun) -> dict[str, Any]:
             described = original_as_dict(run)
             described["JobRunState"] = self.job_run_outcomes.get(run.job_run_id, described["JobRunState"])
             if described["JobRunState"] == "FAILED":
-                described["ErrorMessage"] = "table failed: file x.parquet is not readable Parquet"
+                described["ErrorMessage"] = GLUE_ERROR
             return described
 
         monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
@@ -259,6 +276,12 @@ def test_a_failed_glue_run_fails_the_execution_after_committing_the_others(pipel
     assert after.tables["orders"] == before.tables["orders"]
     for table in ("customers", "payments"):
         assert after.tables[table].run_id == after.run_id != before.tables[table].run_id
+    # The three tables shared one Glue run; its failure fails only the table that failed in it.
+    report = pipeline.storage.read_json(f"s3://{BUCKET}/state/runs/{after.run_id}/report.json")
+    failed = {
+        outcome["table"]: outcome["message"] for outcome in report["tables"] if outcome["status"] == "failed"
+    }
+    assert failed == {"orders": f"table 'orders': {GLUE_ERROR}"}
 
 
 def test_glue_throttling_is_retried_and_the_table_still_succeeds(pipeline) -> None:
@@ -294,6 +317,7 @@ def test_a_plan_of_a_thousand_tables_goes_through_the_distributed_map(pipeline) 
     assert execution["status"] == "SUCCEEDED", execution
     assert len(pipeline.state.read()[0].tables) == 1000
     plan = json.loads(execution["output"])["plan"]
-    assert plan["item_count"] == 1000
+    # A thousand small tables share ten Glue runs (packs of at most 100 tables).
+    assert plan["item_count"] == 1000 // PACK_MAX_TABLES
     # The items went to the Map through S3, never through the execution's payload.
     assert len(json.dumps(plan)) < 1_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,14 @@ from cdc_pipeline.plan import WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
 from cdc_pipeline.tasks import commit_task, failure_text, map_failures, plan_task
 
-from .fakes import create_source_tables, ingest_succeeded, land_files, registry_csv
+from .fakes import (
+    create_source_tables,
+    ingest_failed,
+    ingest_succeeded,
+    land_files,
+    registry_csv,
+    work_items_at,
+)
 
 TABLES = ["customers", "orders", "payments"]
 
@@ -36,15 +44,21 @@ def deployment(s3_client, bucket, glue_client, source_database, output_database)
         retained_snapshots=2,
     )
     storage = S3Storage(client=s3_client)
-    return {
-        "plan": lambda event: plan_task(
+
+    def plan(event: dict[str, Any], settings: PlanSettings = plan_settings) -> dict[str, Any]:
+        return plan_task(
             event,
-            plan_settings,
+            settings,
             catalog=GlueCatalog(source_database, client=glue_client, s3_client=s3_client),
             registry_source=S3RegistrySource(plan_settings.registry_prefix, client=s3_client),
             state_store=S3StateStore(plan_settings.cdc_path, client=s3_client),
             storage=storage,
-        ),
+        )
+
+    return {
+        "plan": plan,
+        # One Glue run per table: packing off.
+        "plan_unpacked": lambda event: plan(event, replace(plan_settings, pack_bytes=0)),
         "commit": lambda event: commit_task(
             event,
             commit_settings,
@@ -65,10 +79,13 @@ def items_of(deployment: dict[str, Any], planned: dict[str, Any]) -> list[WorkIt
         deployment["s3"].get_object(Bucket=planned["items_bucket"], Key=planned["items_key"])["Body"].read()
     )
     entries = json.loads(body)
-    # The Map's list names each work item's file: a child's input stays small however wide the table.
+    # The Map's list names each work item's (or pack's) file: a child's input stays small however
+    # wide the table.
     assert all(set(entry) == {"table", "work_item_location"} for entry in entries)
     return [
-        WorkItem.from_json(deployment["storage"].read_json(entry["work_item_location"])) for entry in entries
+        item
+        for entry in entries
+        for item in work_items_at(deployment["storage"], entry["work_item_location"])
     ]
 
 
@@ -76,7 +93,8 @@ def test_plan_writes_the_maps_items_to_s3_and_returns_only_where_they_are(deploy
     planned = deployment["plan"]({"load_type": "incremental"})
 
     items = items_of(deployment, planned)
-    assert planned["item_count"] == 3
+    # Three small tables: one Glue run (a pack) ingests them all.
+    assert (planned["item_count"], planned["table_count"]) == (1, 3)
     assert sorted(item.table for item in items) == TABLES
     assert all(item.run_id == planned["run_id"] for item in items)
     assert planned["plan_location"].startswith(f"s3://{deployment['bucket']}/state/runs/{planned['run_id']}/")
@@ -122,16 +140,21 @@ def test_commit_publishes_the_succeeded_tables_and_points_the_output_catalog_at_
 
 
 def test_commit_names_the_glue_error_of_a_failed_table_from_the_maps_result_files(deployment) -> None:
-    planned = deployment["plan"]({})
+    planned = deployment["plan_unpacked"]({})
     items = items_of(deployment, planned)
+    assert planned["item_count"] == len(items) == 3
     ingest_succeeded(deployment["storage"], next(i for i in items if i.table == "customers"))
+    location = {
+        item.table: f"s3://{deployment['bucket']}/state/runs/{item.run_id}/items/{item.table}.json"
+        for item in items
+    }
     map_result = write_map_results(
         deployment,
         {
             "SUCCEEDED": [
-                child("customers", "SUCCEEDED", {"table": "customers", "status": "SUCCEEDED"}),
+                child(location["customers"], "SUCCEEDED", {"table": "customers", "status": "SUCCEEDED"}),
                 child(
-                    "orders",
+                    location["orders"],
                     "SUCCEEDED",
                     {
                         "table": "orders",
@@ -143,7 +166,9 @@ def test_commit_names_the_glue_error_of_a_failed_table_from_the_maps_result_file
                     },
                 ),
             ],
-            "FAILED": [child("payments", "FAILED", None, error="States.Timeout", cause="child timed out")],
+            "FAILED": [
+                child(location["payments"], "FAILED", None, error="States.Timeout", cause="child timed out")
+            ],
         },
     )
 
@@ -176,12 +201,14 @@ def test_map_failures_without_a_result_writer_is_empty(deployment) -> None:
 
 
 def child(
-    table: str, status: str, output: dict | None, error: str | None = None, cause: str | None = None
+    location: str, status: str, output: dict | None, error: str | None = None, cause: str | None = None
 ) -> dict:
-    """One child execution as the Distributed Map's ResultWriter records it."""
+    """One child execution (the Glue run of a work item or pack file) as the Distributed Map's
+    ResultWriter records it."""
+    label = location.rsplit("/", 1)[-1]
     record = {
-        "ExecutionArn": f"arn:aws:states:eu-west-1:123456789012:execution:sm/map:{table}",
-        "Input": json.dumps({"table": table, "work_item": {"table": table}}),
+        "ExecutionArn": f"arn:aws:states:eu-west-1:123456789012:execution:sm/map:{label}",
+        "Input": json.dumps({"table": label, "work_item_location": location}),
         "Status": status,
     }
     if output is not None:
@@ -267,3 +294,34 @@ def test_a_glue_failure_shows_the_job_runs_error_message_not_the_whole_job_run()
 
     assert failure_text("States.TaskFailed", cause) == "States.TaskFailed: table 'orders': bad file"
     assert failure_text("States.Timeout", "child timed out") == "States.Timeout: child timed out"
+
+
+def test_a_failed_packed_run_fails_only_the_tables_it_did_not_finish(deployment) -> None:
+    planned = deployment["plan"]({})
+    (entry,) = deployment["storage"].read_json(f"s3://{planned['items_bucket']}/{planned['items_key']}")
+    by_table = {item.table: item for item in items_of(deployment, planned)}
+    # The run ingested customers, recorded orders' own error, then died before payments.
+    ingest_succeeded(deployment["storage"], by_table["customers"])
+    ingest_failed(deployment["storage"], by_table["orders"], "table 'orders': file x.parquet is not Parquet")
+    map_result = write_map_results(
+        deployment,
+        {
+            "FAILED": [
+                child(entry["work_item_location"], "FAILED", None, error="Glue.JobRunFailed", cause="OOM")
+            ]
+        },
+    )
+
+    result = deployment["commit"]({"plan": planned, "map_result": map_result})
+
+    assert (result["succeeded_count"], result["failed_tables"]) == (1, ["orders", "payments"])
+    report = deployment["storage"].read_json(result["report_location"])
+    messages = {t["table"]: t["message"] for t in report["tables"]}
+    assert messages["orders"] == "table 'orders': file x.parquet is not Parquet"
+    assert (
+        messages["payments"]
+        == f"Glue.JobRunFailed: OOM (the Glue run of its pack {entry['work_item_location']})"
+    )
+    state, _ = deployment["state"].read()
+    assert sorted(state.tables) == ["customers"]
+    assert report["glue_estimate"]["glue_runs"] == 1
