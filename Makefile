@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean check-templates layer deploy
+.PHONY: setup demo test lint bench clean check-templates layer deploy enable-schedule smoke
 
 setup: $(STAMP)
 
@@ -35,29 +35,44 @@ clean:
 
 # ---- AWS deployment --------------------------------------------------------------------------
 # template.yaml + state_machine/; the SAM, cfn-lint and checkov tools live in .venv-tools
-# (scripts/check_templates.sh installs them from scripts/tools-requirements.txt).
+# (scripts/check_templates.sh installs them from scripts/tools-requirements.txt). The ordering and
+# the checks are in cdc_pipeline/aws/deploy.py and smoke.py (plain python3 + boto3: deploying needs
+# neither the dev virtualenv nor Java). REGION and PROFILE default to samconfig.toml's, then to the
+# AWS CLI's; every AWS call of a target uses them.
 STACK ?= cdc-pipeline
+REGION ?=
+PROFILE ?=
 SAM := .venv-tools/sam/bin/sam
 LAYER := build/layer/python
-stack_output = aws cloudformation describe-stacks --stack-name $(STACK) --output text \
-	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue"
+DEPLOY := python3 -m cdc_pipeline.aws.deploy
+TARGET_ARGS = --stack $(STACK) $(if $(REGION),--region $(REGION)) $(if $(PROFILE),--profile $(PROFILE))
 
 check-templates:
 	bash scripts/check_templates.sh
 
-# One build of the cdc_pipeline package for both runtimes: the Lambdas' SharedLayer
-# (build/layer/python/) and the Glue job's --extra-py-files zip (build/cdc_pipeline.zip). The layer
-# also carries a current boto3: the Lambda runtime's bundled one may predate S3 conditional writes
-# (PutObject IfMatch / IfNoneMatch), which the commit's compare-and-swap needs.
-# Plain python3: deploying needs neither the dev virtualenv nor Java.
+# The Lambdas' SharedLayer (build/layer/python/): the cdc_pipeline package plus a current boto3, as
+# the Lambda runtime's bundled one may predate S3 conditional writes (PutObject IfMatch /
+# IfNoneMatch), which the commit's compare-and-swap needs. The Glue job's zip of the same package
+# is built, content-hashed and uploaded by `deploy.py release`.
 layer:
-	rm -rf build/layer build/cdc_pipeline.zip
+	rm -rf build/layer
 	python3 -c "import shutil; shutil.copytree('cdc_pipeline', '$(LAYER)/cdc_pipeline', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))"
 	python3 -m pip install --quiet --target $(LAYER) "boto3>=1.36"
-	cd $(LAYER) && python3 -m zipfile -c ../../cdc_pipeline.zip cdc_pipeline
 
-deploy: check-templates layer
+# Credentials and region first (seconds), then the checks and builds (a minute), then the ordered
+# release: Glue artifacts under content-hashed keys, then one stack update. ENABLE_SCHEDULE=1
+# enables the schedule once everything is in place; without it the schedule stays as it was
+# (DISABLED on a new stack).
+deploy:
+	$(DEPLOY) preflight $(TARGET_ARGS)
+	bash scripts/check_templates.sh
+	$(MAKE) --no-print-directory layer
 	$(SAM) build
-	$(SAM) deploy --stack-name $(STACK) --no-fail-on-empty-changeset $(if $(wildcard samconfig.toml),,--guided)
-	aws s3 cp glue_jobs/ingest_table.py "$$($(call stack_output,GlueScriptLocation))"
-	aws s3 cp build/cdc_pipeline.zip "$$($(call stack_output,GlueExtraPyFilesLocation))"
+	$(DEPLOY) release $(TARGET_ARGS) --sam $(SAM) $(if $(ENABLE_SCHEDULE),--enable-schedule)
+
+enable-schedule:
+	$(DEPLOY) enable-schedule $(TARGET_ARGS)
+
+# One tiny generated table through the deployed pipeline, checked with Athena, then removed.
+smoke:
+	python3 -m cdc_pipeline.aws.smoke $(TARGET_ARGS)

@@ -1,6 +1,6 @@
 """The naive baseline: the original single Glue script's logic, re-implemented for benchmarks only.
 
-What ``/work/shared/origin/glue-cdc-job-script.md`` describes, for one table, as one PySpark
+What the original Glue script's documentation describes, for one table, as one PySpark
 process per run (each Glue run is a fresh JVM):
 
 1. read the tracker (a small JSON file: the last processed ``updated_at`` and where the previous

@@ -579,8 +579,11 @@ def _owner(traceback: tracemalloc.Traceback) -> str:
     return next((owner for owner in ("moto", "sdk", "pipeline", "stdlib") if owner in owners), "other")
 
 
+REPOSITORY = str(Path(__file__).resolve().parent.parent)  # this checkout, cut from profiled file names
+
+
 def _short(path: str) -> str:
-    for root in ("site-packages/", f"{STDLIB}/", "/work/main/"):
+    for root in ("site-packages/", f"{STDLIB}/", f"{REPOSITORY}/"):
         if root in path:
             return path.split(root, 1)[1]
     return path
@@ -618,7 +621,7 @@ def profiled_plan(deployment: Deployment, top: int = 15) -> dict[str, Any]:
 
     def line(key: tuple[str, int, str], entry: tuple[Any, ...]) -> dict[str, Any]:
         file, number, name = key
-        short = file.split("site-packages/")[-1].split("/work/main/")[-1]
+        short = file.split("site-packages/")[-1].split(f"{REPOSITORY}/")[-1]
         return {
             "function": f"{short}:{number}({name})",
             "calls": entry[1],

@@ -61,9 +61,10 @@ def parse_work_items(argv: Sequence[str]) -> list[WorkItem]:
 
 def storage_for(location: str) -> Storage:
     if location.startswith("s3://"):
+        from cdc_pipeline.aws.clients import GLUE_JOB_S3_THREADS, aws_client
         from cdc_pipeline.aws.s3 import S3Storage
 
-        return S3Storage()
+        return S3Storage(client=aws_client("s3", threads=GLUE_JOB_S3_THREADS))
     return LocalStorage()
 
 

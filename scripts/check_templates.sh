@@ -81,10 +81,10 @@ export SAM_CLI_TELEMETRY=0 BC_SKIP_MAPPING=TRUE
 say "cfn-lint $TEMPLATE"
 "$SAM_ENV/cfn-lint" "$TEMPLATE" && echo "no findings" || fail "cfn-lint $TEMPLATE"
 
-say "placeholders, substitution and policy rules"
+say "placeholders, substitution, policy, name-length and partition rules"
 # Writes the definition with every placeholder replaced by a dummy of the right type, and a raw
 # AWS::StepFunctions::StateMachine wrapping it (cfn-lint validates only that form's definition).
-if "$SAM_ENV/python" - "$TEMPLATE" "$ASL" "$WORK" <<'PY'; then :; else fail "placeholders, substitution and policy rules"; fi
+if "$SAM_ENV/python" - "$TEMPLATE" "$ASL" "$WORK" <<'PY'; then :; else fail "placeholders, substitution, policy, name-length and partition rules"; fi
 import json
 import re
 import sys
@@ -221,12 +221,113 @@ for name, resource in template["Resources"].items():
         if not str(skip.get("comment", "")).strip():
             problems.append(f"{name} skips checkov {skip.get('id')} without a comment giving the reason")
 
+# Names derived from the stack name must fit their service's limit for the longest stack name the
+# deploy accepts (MAX_STACK_NAME in cdc_pipeline/aws/deploy.py, which refuses longer ones).
+import ast
+
+deploy_module = ast.parse(Path("cdc_pipeline/aws/deploy.py").read_text())
+max_stack = next(
+    node.value.value
+    for node in deploy_module.body
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "MAX_STACK_NAME"
+)
+NAME_LIMITS = {  # (resource type, property path): the service's limit on that name
+    ("AWS::Serverless::StateMachine", "Name"): 80,
+    ("AWS::StepFunctions::StateMachine", "StateMachineName"): 80,
+    ("AWS::Glue::Job", "Name"): 255,
+    ("AWS::Glue::SecurityConfiguration", "Name"): 255,
+    ("AWS::Glue::Database", "DatabaseInput.Name"): 255,
+    ("AWS::Logs::LogGroup", "LogGroupName"): 512,
+    ("AWS::KMS::Alias", "AliasName"): 256,
+    ("AWS::CloudWatch::Dashboard", "DashboardName"): 255,
+}
+
+
+def longest(node):
+    """The longest text an intrinsic can give with a stack name of max_stack characters."""
+    if isinstance(node, str):
+        return len(re.sub(r"\$\{([^}]+)\}", lambda m: "x" * longest({"Ref": m.group(1)}), node))
+    if isinstance(node, (int, float)):
+        return len(str(node))
+    if isinstance(node, dict) and len(node) == 1:
+        (function, value), = node.items()
+        if function == "Ref":
+            if value == "AWS::StackName":
+                return max_stack
+            parameter = parameters.get(value)
+            if parameter is None:
+                raise ValueError(f"cannot bound the length of Ref {value}")
+            if "MaxLength" in parameter:
+                return int(parameter["MaxLength"])
+            pattern = re.search(r"\{(?:\d+,)?(\d+)\}\$?$", str(parameter.get("AllowedPattern", "")))
+            if pattern:
+                return int(pattern.group(1))
+            raise ValueError(f"parameter {value} has no MaxLength or bounded AllowedPattern")
+        if function == "Fn::Sub":
+            text, variables = (value, {}) if isinstance(value, str) else value
+            return len(re.sub(
+                r"\$\{([^}]+)\}",
+                lambda m: "x" * (longest(variables[m.group(1)]) if m.group(1) in variables else longest({"Ref": m.group(1)})),
+                text,
+            ))
+        if function == "Fn::Join":
+            separator, items = value
+            if isinstance(items, dict) and "Fn::Split" in items:  # join(split(x)): same length when |sep| equal
+                return longest(items["Fn::Split"][1])
+            return sum(longest(item) for item in items) + len(separator) * (len(items) - 1)
+        if function == "Fn::If":
+            return max(longest(value[1]), longest(value[2]))
+    raise ValueError(f"cannot bound the length of {json.dumps(node, default=str)}")
+
+
+checked_names = 0
+for name, resource in template["Resources"].items():
+    for (kind, path), limit in NAME_LIMITS.items():
+        if resource.get("Type") != kind:
+            continue
+        value = resource.get("Properties", {})
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        try:
+            length = longest(value)
+        except ValueError as exc:
+            problems.append(f"{name}.{path}: {exc}")
+            continue
+        checked_names += 1
+        if length > limit:
+            problems.append(
+                f"{name}.{path} can be {length} characters with a {max_stack}-character stack name, over "
+                f"the {limit} its service allows: shorten it, or lower MAX_STACK_NAME in cdc_pipeline/aws/deploy.py"
+            )
+
+# Region-safe ARNs: the partition and URL suffix come from the pseudo parameters, never literals.
+raw_text = Path(template_path).read_text()
+for number, line in enumerate(raw_text.splitlines(), 1):
+    if re.search(r"arn:aws(-cn|-us-gov)?:", line):
+        problems.append(f"{template_path}:{number}: a literal ARN partition; write arn:${{AWS::Partition}}:")
+    if re.search(r"\$\{AWS::Region\}\.amazonaws\.com", line):
+        problems.append(f"{template_path}:{number}: a regional endpoint or principal with a literal "
+                        "amazonaws.com; write ${AWS::URLSuffix}")
+
+# KMS use is granted on named keys only: no role may use every key.
+for where, statement in statements(template["Resources"], "Resources"):
+    if not isinstance(statement, dict) or statement.get("Effect") != "Allow" or "Principal" in statement:
+        continue
+    actions = statement.get("Action", [])
+    actions = [actions] if isinstance(actions, str) else actions
+    if any(str(action).startswith("kms:") for action in actions) and statement.get("Resource") == "*":
+        problems.append(f"{where} ({statement.get('Sid', 'no Sid')}) grants KMS actions on every key")
+
 for problem in problems:
     print(problem)
 if problems:
     sys.exit(1)
 print(f"{len(used)} placeholders, each with a substitution ({', '.join(sorted(bare)) or 'none'} numeric); "
-      "no wildcard grants; dashboard body is JSON; every checkov skip has a reason")
+      "no wildcard grants; dashboard body is JSON; every checkov skip has a reason; "
+      f"{checked_names} stack-derived names fit their limits with a {max_stack}-character stack name; "
+      "ARNs and regional principals are partition-safe; KMS granted on named keys only")
 PY
 
 if [[ -f $WORK/definition.asl.json ]]; then

@@ -6,7 +6,8 @@ manifests on ``IO_THREADS`` and publishes on ``PUBLISH_THREADS``. With more thre
 connections, urllib3 opens a connection for each request beyond the tenth and throws it away
 afterwards ("Connection pool is full, discarding connection"): every such request pays a new TCP
 and TLS handshake, and the log fills with warnings. So each client is built here, sized from the
-thread counts the code really uses, with botocore's ``standard`` retries.
+thread counts the code really uses, with botocore's ``standard`` retries: the Lambdas' clients and
+the Glue job's (``cdc_pipeline.glue_job``) alike.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ PLAN_S3_THREADS = max(PLAN_THREADS, IO_THREADS)  # tables listed, then work item
 PLAN_GLUE_THREADS = PLAN_THREADS  # partitioned tables' GetPartitions
 COMMIT_S3_THREADS = IO_THREADS  # manifests read, expired snapshots deleted
 COMMIT_GLUE_THREADS = PUBLISH_THREADS  # output tables updated
+# The Glue job's driver reads its work item and writes its manifest on one thread (Spark reads and
+# writes the data through its own S3 connector): one connection, but the same standard retries.
+GLUE_JOB_S3_THREADS = 1
 
 
 def client_config(threads: int) -> Config:

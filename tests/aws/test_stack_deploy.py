@@ -55,6 +55,7 @@ back to ``.venv-tools/sam`` (``scripts/check_templates.sh`` creates it).
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib.util
 import io
@@ -88,6 +89,7 @@ from moto.stepfunctions.models import StateMachine
 from moto.stepfunctions.parser import models as stepfunctions_models
 from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
+from cdc_pipeline.aws.deploy import MAX_STACK_NAME, glue_artifacts, upload_glue_artifacts
 from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
 
 from .conftest import REGION, SOURCE_DATABASE
@@ -101,6 +103,16 @@ STACK = "cdc-pipeline"
 PACKAGING_BUCKET = "sam-packaging-test"
 LANDING_BUCKET = "landing"
 MAX_CONCURRENCY = 7  # not the default (20): the definition must carry the parameter's value
+ARTIFACTS = glue_artifacts(ROOT)
+REQUIRED_PARAMETERS = {
+    "SourceDatabase": SOURCE_DATABASE,
+    "SourceDataLocation": f"s3://{LANDING_BUCKET}/raw/",
+    "RegistryPrefix": f"s3://{LANDING_BUCKET}/registry/",
+    "MaxConcurrency": str(MAX_CONCURRENCY),
+    "GlueArtifactsVersion": ARTIFACTS.version,
+}
+KEY = "arn:aws:kms:eu-west-1:123456789012:key/{}"
+SOURCE_KEY, REGISTRY_KEY, OUTPUT_KEY, STATE_KEY = (KEY.format(n * 4) for n in "1234")
 
 # Logical id -> why it is removed before create_stack (see the module docstring).
 NO_MOTO_MODEL = "moto 5.2.1 has no CloudFormation model for this type"
@@ -112,9 +124,18 @@ DROPPED_RESOURCES = {
     "RunSchedule": NO_MOTO_MODEL,
     "ExecutionsFailedAlarm": NO_MOTO_MODEL,
     "AlarmEmailSubscription": NO_MOTO_MODEL,
+    # AWS::LakeFormation::PrincipalPermissions, only with LakeFormationGrants=CREATE: checked on the
+    # template by test_lake_formation_grants_exist_only_when_asked_for.
+    "PlanDescribesSourceDatabase": NO_MOTO_MODEL,
+    "PlanReadsSourceTables": NO_MOTO_MODEL,
+    "CommitCreatesOutputTables": NO_MOTO_MODEL,
+    "CommitUpdatesOutputTables": NO_MOTO_MODEL,
     "Dashboard": "its body GetAtt's ExecutionsFailedAlarm.Arn, which moto cannot create",
 }
-DROPPED_OUTPUTS = {"DashboardUrl": "refers to the dropped Dashboard"}
+DROPPED_OUTPUTS = {
+    "DashboardUrl": "refers to the dropped Dashboard",
+    "ScheduleName": "refers to the dropped RunSchedule",
+}
 
 
 # ---------------------------------------------------------------- the SAM transform, offline
@@ -279,7 +300,9 @@ class _GlueSecurityConfigurationModel:
     def create_from_cloudformation_json(
         cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
     ):
-        configuration = cloudformation_json["Properties"]["EncryptionConfiguration"]
+        configuration = dict(cloudformation_json["Properties"]["EncryptionConfiguration"])
+        # CloudFormation's property is S3Encryptions; the Glue API's field is S3Encryption.
+        configuration["S3Encryption"] = configuration.pop("S3Encryptions", [])
         glue_backends[account_id][region_name].create_security_configuration(resource_name, configuration)
         return _CreatedByTest(resource_name)
 
@@ -380,8 +403,16 @@ def _teach_moto_cloudformation(monkeypatch: pytest.MonkeyPatch) -> None:
 class Deployment:
     """The stack in moto, its outputs, and the real handlers behind its two functions."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, boto_session: Any, packaged: Packaged) -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        boto_session: Any,
+        packaged: Packaged,
+        parameters: dict[str, str] | None = None,
+    ) -> None:
         self.s3 = boto_session.client("s3")
+        self.iam = boto_session.client("iam")
+        self.logs = boto_session.client("logs")
         self.glue = boto_session.client("glue")
         self.sfn = boto_session.client("stepfunctions")
         self.cloudformation = boto_session.client("cloudformation")
@@ -402,27 +433,16 @@ class Deployment:
         for name in DROPPED_OUTPUTS:
             del template["Outputs"][name]
         self.template = template
-        self.cloudformation.create_stack(
-            StackName=STACK,
-            TemplateBody=json.dumps(template),
-            Parameters=[
-                {"ParameterKey": key, "ParameterValue": value}
-                for key, value in {
-                    "SourceDatabase": SOURCE_DATABASE,
-                    "SourceDataLocation": f"s3://{LANDING_BUCKET}/raw/",
-                    "RegistryPrefix": f"s3://{LANDING_BUCKET}/registry/",
-                    "MaxConcurrency": str(MAX_CONCURRENCY),
-                }.items()
-            ],
-            Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
-        )
-        stack = self.cloudformation.describe_stacks(StackName=STACK)["Stacks"][0]
-        self.status = stack["StackStatus"]
-        self.outputs = {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
-        self.resources = {
-            resource["LogicalResourceId"]: resource
-            for resource in self.cloudformation.describe_stack_resources(StackName=STACK)["StackResources"]
-        }
+        self.parameters = {**REQUIRED_PARAMETERS, **(parameters or {})}
+        # Buckets named as existing ones exist before the stack, as they would in a landing zone.
+        for name in ("ExistingOutputBucket", "ExistingStateBucket"):
+            if self.parameters.get(name):
+                self.s3.create_bucket(
+                    Bucket=self.parameters[name], CreateBucketConfiguration={"LocationConstraint": REGION}
+                )
+        self.status, self.outputs, self.resources = self.create_stack(STACK, self.parameters)
+        # What make deploy does next on a first deploy: the Glue artifacts under their version's keys.
+        upload_glue_artifacts(self.s3, self.outputs["ArtifactsBucketName"], ARTIFACTS, say=lambda _: None)
         self.storage = S3Storage(client=self.s3)
         self.state = S3StateStore(self.outputs["StateLocation"], client=self.s3)
 
@@ -453,6 +473,39 @@ class Deployment:
 
         monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
 
+    def create_stack(
+        self, name: str, parameters: dict[str, str]
+    ) -> tuple[str, dict[str, str], dict[str, dict[str, Any]]]:
+        """Create a stack of the template; its status, outputs and resources by logical id."""
+        self.cloudformation.create_stack(
+            StackName=name,
+            TemplateBody=json.dumps(self.template),
+            Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()],
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+        )
+        stack = self.cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+        outputs = {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
+        # moto lists a resource whose condition is false as a row without a logical id: not created.
+        resources = {
+            resource["LogicalResourceId"]: resource
+            for resource in self.cloudformation.describe_stack_resources(StackName=name)["StackResources"]
+            if "LogicalResourceId" in resource
+        }
+        return stack["StackStatus"], outputs, resources
+
+    def role_statements(self, logical_id: str) -> dict[str, dict[str, Any]]:
+        """The inline policy statements of a role the stack created, by Sid."""
+        role = self.resources[logical_id]["PhysicalResourceId"]
+        statements: dict[str, dict[str, Any]] = {}
+        for policy in self.iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            document = self.iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
+            if isinstance(document, str):  # moto keeps a CloudFormation role's policy as Python's repr
+                document = ast.literal_eval(document)
+            for statement in document["Statement"]:
+                if statement is not None:  # moto leaves an !If's AWS::NoValue in a list as None
+                    statements[statement.get("Sid", "")] = statement
+        return statements
+
     def _invoke_lambda(self, function_name, qualifier, body, headers, response_headers) -> bytes:
         handler, environment = self.functions[function_name]
         with mock.patch.dict(os.environ, environment):
@@ -480,8 +533,9 @@ def packaged() -> Packaged:
 
 @pytest.fixture
 def deployment(
-    monkeypatch: pytest.MonkeyPatch, boto_session: Any, packaged: Packaged
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, boto_session: Any, packaged: Packaged
 ) -> Iterator[Deployment]:
+    """The stack deployed with the required parameters, and any a test gives (indirect parametrize)."""
     _fix_moto_interrupt_all()
     monkeypatch.setattr(stepfunctions_models, "copy", _CopySharingExecutions)
     _teach_moto_cloudformation(monkeypatch)
@@ -489,7 +543,7 @@ def deployment(
     # the simple backend that {"lambda": {"use_docker": False}} selects. No container ever starts:
     # LambdaBackend.invoke is replaced by the dispatch to the real handlers.
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        yield Deployment(monkeypatch, boto_session, packaged)
+        yield Deployment(monkeypatch, boto_session, packaged, getattr(request, "param", None))
 
 
 def test_only_the_documented_resources_are_dropped(packaged: Packaged) -> None:
@@ -516,7 +570,7 @@ def test_the_stack_is_created_with_the_state_machine_its_substitutions_describe(
     outputs = deployment.outputs
     assert set(outputs) == set(deployment.template["Outputs"])
     assert outputs["IngestJobName"] == f"{STACK}-ingest-table"
-    assert outputs["OutputDatabaseName"] == "cdc_current"
+    assert outputs["OutputDatabaseName"] == "cdc_pipeline_current"  # named after the stack
 
     definition_text = deployment.sfn.describe_state_machine(stateMachineArn=outputs["StateMachineArn"])[
         "definition"
@@ -545,6 +599,180 @@ def test_the_stack_is_created_with_the_state_machine_its_substitutions_describe(
     assert job["ExecutionProperty"]["MaxConcurrentRuns"] == MAX_CONCURRENCY
     assert job["SecurityConfiguration"] == f"{STACK}-ingest"
     assert job["DefaultArguments"]["--extra-py-files"] == outputs["GlueExtraPyFilesLocation"]
+
+
+def test_the_glue_job_runs_the_artifacts_of_the_version_the_deploy_passed(deployment) -> None:
+    outputs = deployment.outputs
+    job = deployment.glue.get_job(JobName=outputs["IngestJobName"])["Job"]
+    prefix = f"s3://{outputs['ArtifactsBucketName']}/glue/{ARTIFACTS.version}/"
+    assert job["Command"]["ScriptLocation"] == prefix + "ingest_table.py"
+    assert job["DefaultArguments"]["--extra-py-files"] == prefix + "cdc_pipeline.zip"
+    for location, body in (
+        (job["Command"]["ScriptLocation"], ARTIFACTS.script),
+        (job["DefaultArguments"]["--extra-py-files"], ARTIFACTS.package),
+    ):
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        assert deployment.s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    assert outputs["GlueArtifactsVersion"] == ARTIFACTS.version
+
+
+def test_the_glue_job_logs_to_log_groups_the_stack_owns_with_their_retention(deployment) -> None:
+    job = deployment.glue.get_job(JobName=deployment.outputs["IngestJobName"])["Job"]
+    arguments = job["DefaultArguments"]
+    assert arguments["--custom-logGroup-prefix"] == f"/aws-glue/{STACK}"
+    assert "--enable-continuous-cloudwatch-log" not in arguments  # Glue 5.x ignores it
+    groups = deployment.logs.describe_log_groups(logGroupNamePrefix=f"/aws-glue/{STACK}/")["logGroups"]
+    assert {group["logGroupName"]: group.get("retentionInDays") for group in groups} == {
+        f"/aws-glue/{STACK}/error": 90,
+        f"/aws-glue/{STACK}/output": 90,
+    }
+    assert deployment.outputs["GlueLogGroups"] == f"/aws-glue/{STACK}/error, /aws-glue/{STACK}/output"
+    assert job["ExecutionClass"] == "STANDARD"
+
+
+def test_glue_assumes_its_role_without_an_undocumented_condition(deployment) -> None:
+    role = deployment.resources["GlueJobRole"]["PhysicalResourceId"]
+    trust = deployment.iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"] == [
+        {"Effect": "Allow", "Principal": {"Service": "glue.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ]
+
+
+def test_without_kms_keys_no_role_may_use_any_key_but_the_pipeline_key(deployment) -> None:
+    pipeline_key = deployment.resources["PipelineKey"]["PhysicalResourceId"]
+    for role in ("GlueJobRole", "PlanFunctionRole", "CommitFunctionRole"):
+        for sid, statement in deployment.role_statements(role).items():
+            actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+            if any(action.startswith("kms:") for action in actions):
+                assert sid == "EncryptBookmarks", (role, sid)
+                assert pipeline_key in statement["Resource"]
+
+
+def test_two_stacks_in_one_account_and_region_get_names_of_their_own(deployment) -> None:
+    second = "cdc-pipeline-prod"
+    status, outputs, _ = deployment.create_stack(second, REQUIRED_PARAMETERS)
+
+    assert status == "CREATE_COMPLETE"
+    first = deployment.outputs
+    assert outputs["OutputDatabaseName"] == "cdc_pipeline_prod_current"
+    for name in ("OutputDatabaseName", "StateMachineArn", "IngestJobName", "GlueLogGroups", "StateLocation"):
+        assert outputs[name] != first[name], name
+    assert outputs["StateMachineArn"].endswith(f":stateMachine:{second}-cdc-pipeline")
+
+
+def test_the_longest_stack_name_the_deploy_accepts_fits_the_state_machine_name(deployment) -> None:
+    longest = "c" * MAX_STACK_NAME
+    status, outputs, _ = deployment.create_stack(longest, REQUIRED_PARAMETERS)
+
+    assert status == "CREATE_COMPLETE"
+    name = outputs["StateMachineArn"].rsplit(":", 1)[1]
+    assert len(name) == 80  # Step Functions' limit, exactly
+
+
+EXISTING_BUCKETS_KMS_AND_FLEX = {
+    "ExistingOutputBucket": "corp-curated",
+    "ExistingStateBucket": "corp-pipeline-state",
+    "SourceKmsKeyArn": SOURCE_KEY,
+    "RegistryKmsKeyArn": REGISTRY_KEY,
+    "OutputKmsKeyArn": OUTPUT_KEY,
+    "StateKmsKeyArn": STATE_KEY,
+    "GlueExecutionClass": "FLEX",
+}
+
+
+@pytest.mark.parametrize("deployment", [EXISTING_BUCKETS_KMS_AND_FLEX], indirect=True)
+def test_a_run_publishes_into_existing_buckets_instead_of_creating_them(deployment) -> None:
+    assert not {"StateBucket", "OutputBucket", "StateBucketPolicy", "OutputBucketPolicy"} & set(
+        deployment.resources
+    )
+    assert deployment.outputs["StateLocation"] == "s3://corp-pipeline-state/state"
+    assert deployment.outputs["OutputLocation"] == "s3://corp-curated/current"
+    deployment.land(["customers", "orders"])
+
+    execution = deployment.run(deployment.packaged.schedule_input)
+
+    assert execution["status"] == "SUCCEEDED", execution
+    state, _ = deployment.state.read()
+    assert sorted(state.tables) == ["customers", "orders"]
+    assert all(table.location.startswith("s3://corp-curated/current/") for table in state.tables.values())
+
+
+@pytest.mark.parametrize("deployment", [EXISTING_BUCKETS_KMS_AND_FLEX], indirect=True)
+def test_each_role_may_use_exactly_the_kms_keys_of_the_data_it_touches(deployment) -> None:
+    pipeline_key = deployment.resources["PipelineKey"]["PhysicalResourceId"]
+    expected = {
+        "GlueJobRole": {
+            "DecryptSourceFiles": (["kms:Decrypt"], SOURCE_KEY),
+            "WriteAndReadEncryptedSnapshots": (["kms:Decrypt", "kms:GenerateDataKey"], OUTPUT_KEY),
+            "ReadWorkItemsAndWriteManifests": (["kms:Decrypt", "kms:GenerateDataKey"], STATE_KEY),
+        },
+        "PlanFunctionRole": {
+            "DecryptRegistry": (["kms:Decrypt"], REGISTRY_KEY),
+            "ReadAndWriteEncryptedState": (["kms:Decrypt", "kms:GenerateDataKey"], STATE_KEY),
+        },
+        "CommitFunctionRole": {
+            "ReadAndWriteEncryptedState": (["kms:Decrypt", "kms:GenerateDataKey"], STATE_KEY),
+            "ReadEncryptedSnapshots": (["kms:Decrypt"], OUTPUT_KEY),
+        },
+    }
+    for role, grants in expected.items():
+        found = {
+            sid: (sorted([s["Action"]] if isinstance(s["Action"], str) else s["Action"]), s["Resource"])
+            for sid, s in deployment.role_statements(role).items()
+            if "kms:" in json.dumps(s["Action"]) and pipeline_key not in json.dumps(s["Resource"])
+        }
+        assert found == grants, role
+        for sid in grants:
+            condition = deployment.role_statements(role)[sid]["Condition"]
+            assert condition == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
+    configuration = deployment.glue.get_security_configuration(Name=f"{STACK}-ingest")[
+        "SecurityConfiguration"
+    ]
+    assert configuration["EncryptionConfiguration"]["S3Encryption"] == [
+        {"S3EncryptionMode": "SSE-KMS", "KmsKeyArn": OUTPUT_KEY}
+    ]
+    job = deployment.glue.get_job(JobName=deployment.outputs["IngestJobName"])["Job"]
+    assert job["ExecutionClass"] == "FLEX"
+
+
+# ---------------------------------------------------------------- what moto cannot create: the template
+
+
+def test_the_schedule_is_created_disabled_so_a_first_deploy_runs_nothing_half_installed(packaged) -> None:
+    template = packaged.template
+    assert template["Parameters"]["ScheduleState"]["Default"] == "DISABLED"
+    assert template["Resources"]["RunSchedule"]["Properties"]["State"] == {"Ref": "ScheduleState"}
+
+
+def test_the_powertools_layer_is_read_from_the_public_ssm_parameter_of_the_region(packaged) -> None:
+    for name in ("PlanFunction", "CommitFunction"):
+        layers = packaged.template["Resources"][name]["Properties"]["Layers"]
+        assert {
+            "Fn::Sub": "{{resolve:ssm:/aws/service/powertools/python/x86_64/python3.11/${PowertoolsVersion}}}"
+        } in layers
+        assert "017000801446" not in json.dumps(layers)
+
+
+def test_lake_formation_grants_exist_only_when_asked_for_and_name_the_two_lambda_roles(packaged) -> None:
+    resources = packaged.template["Resources"]
+    grants = {
+        name: resource
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::LakeFormation::PrincipalPermissions"
+    }
+    assert {resource["Condition"] for resource in grants.values()} == {"GrantsLakeFormation"}
+    assert packaged.template["Conditions"]["GrantsLakeFormation"] == {
+        "Fn::Equals": [{"Ref": "LakeFormationGrants"}, "CREATE"]
+    }
+    principals = {
+        json.dumps(resource["Properties"]["Principal"]["DataLakePrincipalIdentifier"])
+        for resource in grants.values()
+    }
+    assert principals == {
+        json.dumps({"Fn::GetAtt": ["PlanFunctionRole", "Arn"]}),
+        json.dumps({"Fn::GetAtt": ["CommitFunctionRole", "Arn"]}),
+    }
+    assert all(resource in resources for resource in ("PlanFunctionRole", "CommitFunctionRole"))
 
 
 def test_a_scheduled_run_of_the_deployed_state_machine_commits_every_table(deployment) -> None:
