@@ -35,6 +35,7 @@ import logging
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,9 +67,9 @@ from benchmarks.generate import (
     full_files,
     generate_full,
 )
+from cdc_pipeline.packs import DEFAULT_GLUE_DPU, MIB, PACK_MAX_TABLES, estimate_dpu_minutes
 
 ROOT = Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ NAIVE_INCREMENTAL_MIN = 2.0  # naive / product, incrementals
 DUCKDB_MAX = 4.0  # product / DuckDB
 SMALL_FULL_MAX_S = 15.0  # 100 small tables, full load, seconds
 SMALL_TARGET_TABLES = 100
+DPU_PROJECTION_TABLES, DPU_PROJECTION_CHANGED = 1_000, 50  # 5% of a 1,000-table catalog changed
+DPU_PER_TICK_MAX = 10.0
 
 # DuckDB's own process: runs the statement given, prints the seconds it took. No progress bar: it
 # would print into the output.
@@ -953,6 +956,10 @@ def bench_small(context: Context) -> dict[str, Any]:
             samples[step].append(
                 {
                     "seconds": measured.seconds,
+                    "glue_estimate": report.get("glue_estimate"),
+                    "table_seconds": [
+                        o["duration_s"] for o in report["tables"] if o["status"] == "succeeded"
+                    ],
                     **measured.usage,
                     "statuses": statuses,
                     "rows_read": sum(o["rows_read"] or 0 for o in report["tables"]),
@@ -971,6 +978,25 @@ def bench_small(context: Context) -> dict[str, Any]:
         "changed_tables": SMALL_CHANGED,
         "samples": samples,
         "medians": {step: _median_sample(runs) for step, runs in samples.items()},
+        "dpu_projection": dpu_projection(samples["changed"]),
+    }
+
+
+def dpu_projection(changed_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a tick of 1,000 small tables with 5% changed bills on Glue (the default 2-DPU job),
+    packed as the plan packs them and one run per table: 50 tables, each taking the seconds the
+    changed tables' incremental ingests took here (cycled), packed by their planned sizes."""
+    seconds = [s for run in changed_runs for s in run["table_seconds"]]
+    names = [f"table_{n:04d}" for n in range(DPU_PROJECTION_CHANGED)]
+    per_table = {name: seconds[n % len(seconds)] for n, name in enumerate(names)}
+    # Every changed small table weighs well under the pack limit: packs are bounded by table count.
+    runs = [names[start : start + PACK_MAX_TABLES] for start in range(0, len(names), PACK_MAX_TABLES)]
+    estimate = estimate_dpu_minutes(runs, per_table, DEFAULT_GLUE_DPU)
+    return {
+        "tables": DPU_PROJECTION_TABLES,
+        "changed": DPU_PROJECTION_CHANGED,
+        "seconds_per_table_median": statistics.median(seconds),
+        **estimate.to_json(),
     }
 
 
@@ -1079,6 +1105,21 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 SMALL_FULL_MAX_S,
                 at_most=True,
                 note=note,
+            )
+        )
+        projection = small["dpu_projection"]
+        found.append(
+            Target(
+                f"{projection['tables']:,} small tables, {projection['changed']} changed: "
+                "Glue DPU-minutes a tick",
+                projection["dpu_minutes"],
+                DPU_PER_TICK_MAX,
+                at_most=True,
+                note=(
+                    f"{projection['glue_runs']} packed run(s); one run per table: "
+                    f"{projection['dpu_minutes_unpacked']:g} DPU-minutes; "
+                    f"{projection['seconds_per_table_median']:.2f} s per table measured"
+                ),
             )
         )
     return found

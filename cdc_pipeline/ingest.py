@@ -177,7 +177,10 @@ def _ingest(
     # An incremental batch, deduplicated, meets the snapshot and the tombstones by its keys several
     # times: it is small, cache it. A full load's is the whole table and is used once. Snapshot and
     # tombstones both come from one comparison of the changed keys: run it once.
-    with _cached(merged.latest, incremental), _cached(merged.resolved, merged.tombstones is not None):
+    with (
+        _cached(merged.latest, incremental and not _compare_all(item)),
+        _cached(merged.resolved, merged.tombstones is not None),
+    ):
         rows_written = _write(merged.snapshot, item.output_location, f"written-{item.run_id}-{item.table}")
         tombstones_location = _write_tombstones(item, merged.tombstones)
     stats = _BatchStats.of(prepared.metrics)
@@ -261,6 +264,7 @@ def _merge(item: WorkItem, prepared: _Prepared, strategy: DedupStrategy, started
             delete_column=item.delete_column,
             delete_values=item.delete_values,
             strategy=strategy,
+            compare_all=_compare_all(item),
             tombstones=prepared.tombstones,
             now_micros=_micros(started_at),
             tombstone_retention_micros=item.tombstone_retention_micros,
@@ -273,6 +277,17 @@ def _merge(item: WorkItem, prepared: _Prepared, strategy: DedupStrategy, started
     return replace(
         merged, snapshot=result, tombstones=merged.tombstones if item.tombstones_location else None
     )
+
+
+# A snapshot up to this size is merged by comparing all its rows with the batch in one aggregation:
+# for a small table that is a few Spark jobs against the many joins that find the changed keys
+# (benchmarks/README.md).
+COMPARE_ALL_BYTES = 16 * 1024 * 1024
+
+
+def _compare_all(item: WorkItem) -> bool:
+    size = item.snapshot_bytes
+    return item.current_snapshot is not None and size is not None and size <= COMPARE_ALL_BYTES
 
 
 def _write_tombstones(item: WorkItem, tombstones: DataFrame | None) -> str | None:

@@ -201,9 +201,10 @@ def drop_deleted(df: DataFrame, delete_column: str | None, delete_values: Sequen
 class Merged:
     """A merge's result: the new snapshot, and the tombstones to keep beside it (None: no deletes).
 
-    ``latest`` (the batch deduplicated, whose keys meet the snapshot and tombstones several times)
-    and ``resolved`` (the one row per changed key both outputs derive from) are what a caller may
-    cache so that neither is computed more than once.
+    ``latest`` (the batch deduplicated, whose keys meet the snapshot and tombstones several times;
+    the batch itself when every row is compared) and ``resolved`` (the one row per compared key
+    both outputs derive from) are what a caller may cache so that neither is computed more than
+    once.
     """
 
     snapshot: DataFrame
@@ -224,13 +225,16 @@ def merge_into_snapshot(
     tombstones: DataFrame | None = None,
     now_micros: int = 0,
     tombstone_retention_micros: int | None = None,
+    compare_all: bool = False,
 ) -> Merged:
     """The new current state: per key, the newest version among the batch, the snapshot and the
     tombstones; a key whose newest version is a delete leaves the snapshot and becomes a tombstone.
 
     Only keys the batch holds are compared: the batch is deduplicated on its own, then meets the
     snapshot rows and tombstones of its keys; every other snapshot row is carried as it is. Since
-    "newest" is a maximum, this equals one aggregation over all of them. ``tombstones`` hold the
+    "newest" is a maximum, this equals one aggregation over all of them, which is what
+    ``compare_all`` does instead: for a small snapshot, one shuffle costs less than the joins
+    that find the changed keys. ``tombstones`` hold the
     key, the ordering columns and DELETED_AT; those older than ``tombstone_retention_micros``
     (before ``now_micros``) are dropped, and a new one is stamped ``now_micros``.
     """
@@ -239,7 +243,7 @@ def merge_into_snapshot(
         if delete_column and delete_column in batch.columns
         else F.lit(False)
     )
-    latest = latest_per_key(batch, primary_key, ordering, strategy)
+    latest = batch if compare_all else latest_per_key(batch, primary_key, ordering, strategy)
     keys = latest.select(*map(col, primary_key))
     data_columns = list(batch.columns)
     candidates = latest.withColumn(RANK_COLUMN, F.lit(BATCH_RANK)).withColumn(_DELETED, is_delete)
@@ -247,26 +251,28 @@ def merge_into_snapshot(
     kept_snapshot = None
     if snapshot is not None:
         data_columns = _source_order(batch, snapshot)
-        hits = snapshot.join(keys, list(primary_key), "left_semi")
+        hits = snapshot if compare_all else snapshot.join(keys, list(primary_key), "left_semi")
         candidates = candidates.unionByName(
             hits.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK))
             .withColumn(_DELETED, F.lit(False))
             .withColumn(DELETED_AT, F.lit(None).cast("long")),
             allowMissingColumns=True,
         )
-        kept_snapshot = snapshot.join(keys, list(primary_key), "left_anti")
+        if not compare_all:
+            kept_snapshot = snapshot.join(keys, list(primary_key), "left_anti")
     kept_tombstones = None
     if tombstones is not None:
         if tombstone_retention_micros is not None:
             # An expired tombstone no longer counts, whether or not the batch holds its key.
             tombstones = tombstones.filter(col(DELETED_AT) > F.lit(now_micros - tombstone_retention_micros))
-        hits = tombstones.join(keys, list(primary_key), "left_semi")
+        hits = tombstones if compare_all else tombstones.join(keys, list(primary_key), "left_semi")
         candidates = candidates.unionByName(
             hits.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK)).withColumn(_DELETED, F.lit(True)),
             allowMissingColumns=True,
         )
-        kept_tombstones = tombstones.join(keys, list(primary_key), "left_anti")
-    if snapshot is None and tombstones is None:
+        if not compare_all:
+            kept_tombstones = tombstones.join(keys, list(primary_key), "left_anti")
+    if snapshot is None and tombstones is None and not compare_all:
         winners = candidates  # the batch alone, already one row per key
     else:
         winners = latest_per_key(candidates, primary_key, ordering, strategy, keep=(_DELETED, DELETED_AT))

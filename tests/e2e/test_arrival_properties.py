@@ -30,6 +30,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from cdc_pipeline import ingest
+
 from .helpers import (
     UTC,
     _lit,
@@ -631,7 +633,17 @@ def replay(root: Path, tried: list[int], history: History) -> None:
         assert not judge_table(con, source, table, after[table]["location"]), table
 
 
-def test_every_round_publishes_what_duckdb_computes_from_the_files_landed_so_far(spark, tmp_path):
+@pytest.mark.parametrize(
+    "compare_all_bytes",
+    # Small snapshots merge by comparing every row; forcing the other path checks the changed-keys
+    # merge (joins) end to end too.
+    [ingest.COMPARE_ALL_BYTES, -1],
+    ids=["small-snapshots-compare-all", "changed-keys-only"],
+)
+def test_every_round_publishes_what_duckdb_computes_from_the_files_landed_so_far(
+    spark, tmp_path, monkeypatch, compare_all_bytes
+):
+    monkeypatch.setattr(ingest, "COMPARE_ALL_BYTES", compare_all_bytes)
     tried: list[int] = []
     replay(tmp_path, tried)
     print(f"\n{len(tried)} histories tried")
