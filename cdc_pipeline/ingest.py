@@ -33,6 +33,7 @@ from pyspark.sql import types as T
 
 from cdc_pipeline.errors import TableError
 from cdc_pipeline.manifest import SUCCEEDED, Manifest, failure_record
+from cdc_pipeline.packs import work_bytes
 from cdc_pipeline.plan import LoadType, Mode, WorkItem
 from cdc_pipeline.registry import EPOCH_UNITS, IncrementalBy
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, widen
@@ -178,7 +179,7 @@ def _ingest(
     # times: it is small, cache it. A full load's is the whole table and is used once. Snapshot and
     # tombstones both come from one comparison of the changed keys: run it once.
     with (
-        _cached(merged.latest, incremental and not _compare_all(item)),
+        _cached(merged.latest, incremental and not _is_small(item)),
         _cached(merged.resolved, merged.tombstones is not None),
     ):
         rows_written = _write(merged.snapshot, item.output_location, f"written-{item.run_id}-{item.table}")
@@ -264,7 +265,7 @@ def _merge(item: WorkItem, prepared: _Prepared, strategy: DedupStrategy, started
             delete_column=item.delete_column,
             delete_values=item.delete_values,
             strategy=strategy,
-            compare_all=_compare_all(item),
+            small=_is_small(item),
             tombstones=prepared.tombstones,
             now_micros=_micros(started_at),
             tombstone_retention_micros=item.tombstone_retention_micros,
@@ -279,15 +280,15 @@ def _merge(item: WorkItem, prepared: _Prepared, strategy: DedupStrategy, started
     )
 
 
-# A snapshot up to this size is merged by comparing all its rows with the batch in one aggregation:
-# for a small table that is a few Spark jobs against the many joins that find the changed keys
-# (benchmarks/README.md).
-COMPARE_ALL_BYTES = 16 * 1024 * 1024
+# A table whose work (files to read and snapshot to rewrite) is at most this size is merged in one
+# partition by one aggregation over all its rows: for a small table that is one Spark stage instead
+# of a shuffle and the joins that find the changed keys (benchmarks/README.md).
+SMALL_TABLE_BYTES = 16 * 1024 * 1024
 
 
-def _compare_all(item: WorkItem) -> bool:
-    size = item.snapshot_bytes
-    return item.current_snapshot is not None and size is not None and size <= COMPARE_ALL_BYTES
+def _is_small(item: WorkItem) -> bool:
+    size = work_bytes(item)
+    return size is not None and size <= SMALL_TABLE_BYTES
 
 
 def _write_tombstones(item: WorkItem, tombstones: DataFrame | None) -> str | None:

@@ -225,25 +225,26 @@ def merge_into_snapshot(
     tombstones: DataFrame | None = None,
     now_micros: int = 0,
     tombstone_retention_micros: int | None = None,
-    compare_all: bool = False,
+    small: bool = False,
 ) -> Merged:
     """The new current state: per key, the newest version among the batch, the snapshot and the
     tombstones; a key whose newest version is a delete leaves the snapshot and becomes a tombstone.
 
     Only keys the batch holds are compared: the batch is deduplicated on its own, then meets the
     snapshot rows and tombstones of its keys; every other snapshot row is carried as it is. Since
-    "newest" is a maximum, this equals one aggregation over all of them, which is what
-    ``compare_all`` does instead: for a small snapshot, one shuffle costs less than the joins
-    that find the changed keys. ``tombstones`` hold the
-    key, the ordering columns and DELETED_AT; those older than ``tombstone_retention_micros``
-    (before ``now_micros``) are dropped, and a new one is stamped ``now_micros``.
+    "newest" is a maximum, this equals one aggregation over all of them, which is what a ``small``
+    table gets instead: every row in one partition (no shuffle, no join), one aggregation, so its
+    merge is one Spark stage rather than the several that finding the changed keys takes.
+    ``tombstones`` hold the key, the ordering columns and DELETED_AT; those older than
+    ``tombstone_retention_micros`` (before ``now_micros``) are dropped, and a new one is stamped
+    ``now_micros``.
     """
     is_delete = (
         F.coalesce(col(delete_column).cast("string").isin(list(delete_values)), F.lit(False))
         if delete_column and delete_column in batch.columns
         else F.lit(False)
     )
-    latest = batch if compare_all else latest_per_key(batch, primary_key, ordering, strategy)
+    latest = batch if small else latest_per_key(batch, primary_key, ordering, strategy)
     keys = latest.select(*map(col, primary_key))
     data_columns = list(batch.columns)
     candidates = latest.withColumn(RANK_COLUMN, F.lit(BATCH_RANK)).withColumn(_DELETED, is_delete)
@@ -251,28 +252,33 @@ def merge_into_snapshot(
     kept_snapshot = None
     if snapshot is not None:
         data_columns = _source_order(batch, snapshot)
-        hits = snapshot if compare_all else snapshot.join(keys, list(primary_key), "left_semi")
+        hits = snapshot if small else snapshot.join(keys, list(primary_key), "left_semi")
         candidates = candidates.unionByName(
             hits.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK))
             .withColumn(_DELETED, F.lit(False))
             .withColumn(DELETED_AT, F.lit(None).cast("long")),
             allowMissingColumns=True,
         )
-        if not compare_all:
+        if not small:
             kept_snapshot = snapshot.join(keys, list(primary_key), "left_anti")
     kept_tombstones = None
     if tombstones is not None:
         if tombstone_retention_micros is not None:
             # An expired tombstone no longer counts, whether or not the batch holds its key.
             tombstones = tombstones.filter(col(DELETED_AT) > F.lit(now_micros - tombstone_retention_micros))
-        hits = tombstones if compare_all else tombstones.join(keys, list(primary_key), "left_semi")
+        hits = tombstones if small else tombstones.join(keys, list(primary_key), "left_semi")
         candidates = candidates.unionByName(
             hits.withColumn(RANK_COLUMN, F.lit(SNAPSHOT_RANK)).withColumn(_DELETED, F.lit(True)),
             allowMissingColumns=True,
         )
-        if not compare_all:
+        if not small:
             kept_tombstones = tombstones.join(keys, list(primary_key), "left_anti")
-    if snapshot is None and tombstones is None and not compare_all:
+    if small:
+        # One partition satisfies the aggregation's distribution: no exchange is planned.
+        winners = latest_per_key(
+            candidates.coalesce(1), primary_key, ordering, strategy, keep=(_DELETED, DELETED_AT)
+        )
+    elif snapshot is None and tombstones is None:
         winners = candidates  # the batch alone, already one row per key
     else:
         winners = latest_per_key(candidates, primary_key, ordering, strategy, keep=(_DELETED, DELETED_AT))

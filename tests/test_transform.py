@@ -43,21 +43,21 @@ def frame(spark, rows):
     return spark.createDataFrame(rows, SCHEMA)
 
 
-def merge(snapshot, batch, strategy=DedupStrategy.AGGREGATE, tombstones=None, compare_all=False):
-    return merge_with_tombstones(snapshot, batch, strategy, tombstones, compare_all=compare_all).snapshot
+def merge(snapshot, batch, strategy=DedupStrategy.AGGREGATE, tombstones=None, small=False):
+    return merge_with_tombstones(snapshot, batch, strategy, tombstones, small=small).snapshot
 
 
 # The two ways a merge finds the newest version: among the changed keys only (joins), or by one
-# aggregation over every snapshot row (small snapshots). Both must give the same result.
-MERGE_PATHS = pytest.mark.parametrize("compare_all", [False, True], ids=["changed-keys", "compare-all"])
+# aggregation over every row in one partition (small tables). Both must give the same result.
+MERGE_PATHS = pytest.mark.parametrize("small", [False, True], ids=["changed-keys", "small-one-partition"])
 
 
-def merged_by(compare_all: bool):
-    return functools.partial(merge_with_tombstones, compare_all=compare_all)
+def merged_by(small: bool):
+    return functools.partial(merge_with_tombstones, small=small)
 
 
 def merge_with_tombstones(
-    snapshot, batch, strategy=DedupStrategy.AGGREGATE, tombstones=None, now=0, *, compare_all=False
+    snapshot, batch, strategy=DedupStrategy.AGGREGATE, tombstones=None, now=0, *, small=False
 ):
     return merge_into_snapshot(
         snapshot,
@@ -70,7 +70,7 @@ def merge_with_tombstones(
         tombstones=tombstones,
         now_micros=now,
         tombstone_retention_micros=1_000,
-        compare_all=compare_all,
+        small=small,
     )
 
 
@@ -95,22 +95,20 @@ def test_latest_version_wins_by_watermark_then_sequence(spark, strategy) -> None
 
 @MERGE_PATHS
 @pytest.mark.parametrize("strategy", list(DedupStrategy))
-def test_late_older_version_never_overwrites_newer_snapshot_row(spark, strategy, compare_all) -> None:
+def test_late_older_version_never_overwrites_newer_snapshot_row(spark, strategy, small) -> None:
     snapshot = frame(spark, [(1, "newer", 1, "U", at(10))])
     late = frame(spark, [(1, "older", 1, "U", at(5)), (2, "fresh", 1, "I", at(5))])
 
-    assert as_set(merge(snapshot, late, strategy, compare_all=compare_all)) == {(1, "newer"), (2, "fresh")}
+    assert as_set(merge(snapshot, late, strategy, small=small)) == {(1, "newer"), (2, "fresh")}
 
 
 @MERGE_PATHS
 @pytest.mark.parametrize("strategy", list(DedupStrategy))
-def test_delete_marker_removes_the_key_and_a_newer_insert_brings_it_back(
-    spark, strategy, compare_all
-) -> None:
+def test_delete_marker_removes_the_key_and_a_newer_insert_brings_it_back(spark, strategy, small) -> None:
     snapshot = frame(spark, [(1, "a", 1, "I", at(1)), (2, "b", 1, "I", at(1))])
     batch = frame(spark, [(1, "a", 2, "D", at(2)), (2, "b", 2, "D", at(2)), (2, "b2", 3, "I", at(3))])
 
-    assert as_set(merge(snapshot, batch, strategy, compare_all=compare_all)) == {(2, "b2")}
+    assert as_set(merge(snapshot, batch, strategy, small=small)) == {(2, "b2")}
 
 
 @pytest.mark.parametrize("strategy", list(DedupStrategy))
@@ -124,12 +122,12 @@ def test_null_watermark_sorts_below_every_stamped_version(spark, strategy) -> No
 
 @MERGE_PATHS
 @pytest.mark.parametrize("strategy", list(DedupStrategy))
-def test_batch_copy_wins_a_full_tie_with_the_snapshot(spark, strategy, compare_all) -> None:
+def test_batch_copy_wins_a_full_tie_with_the_snapshot(spark, strategy, small) -> None:
     # Same (watermark, sequence) on both sides happens when the boundary instant is re-read.
     snapshot = frame(spark, [(1, "snapshot", 1, "U", at(1))])
     batch = frame(spark, [(1, "batch", 1, "U", at(1))])
 
-    assert as_set(merge(snapshot, batch, strategy, compare_all=compare_all)) == {(1, "batch")}
+    assert as_set(merge(snapshot, batch, strategy, small=small)) == {(1, "batch")}
 
 
 def test_remaining_ties_resolve_the_same_whatever_the_input_order(spark) -> None:
@@ -175,18 +173,16 @@ def _history(seed: int, keys: int, batches: int) -> tuple[list[list[tuple]], set
     seed=st.integers(0, 10_000),
     batches=st.integers(1, 4),
     strategy=st.sampled_from(list(DedupStrategy)),
-    compare_all=st.booleans(),
+    small=st.booleans(),
 )
 def test_merging_batch_after_batch_equals_the_model_of_all_versions(
-    spark, seed, batches, strategy, compare_all
+    spark, seed, batches, strategy, small
 ) -> None:
     arrivals, expected = _history(seed, keys=20, batches=batches)
 
     snapshot = tombstones = None
     for batch in arrivals:
-        merged = merge_with_tombstones(
-            snapshot, frame(spark, batch), strategy, tombstones, compare_all=compare_all
-        )
+        merged = merge_with_tombstones(snapshot, frame(spark, batch), strategy, tombstones, small=small)
         snapshot, tombstones = merged.snapshot.localCheckpoint(), merged.tombstones.localCheckpoint()
 
     assert snapshot is not None
@@ -194,21 +190,17 @@ def test_merging_batch_after_batch_equals_the_model_of_all_versions(
 
 
 @MERGE_PATHS
-def test_a_delete_remembered_as_a_tombstone_keeps_a_later_arriving_older_update_out(
-    spark, compare_all
-) -> None:
-    deleted = merged_by(compare_all)(
-        None, frame(spark, [(1, "a", 1, "U", at(0)), (1, "gone", 2, "D", at(2))])
-    )
+def test_a_delete_remembered_as_a_tombstone_keeps_a_later_arriving_older_update_out(spark, small) -> None:
+    deleted = merged_by(small)(None, frame(spark, [(1, "a", 1, "U", at(0)), (1, "gone", 2, "D", at(2))]))
     assert as_set(deleted.snapshot) == set()
 
-    late = merged_by(compare_all)(
+    late = merged_by(small)(
         deleted.snapshot, frame(spark, [(1, "late", 1, "U", at(1))]), tombstones=deleted.tombstones
     )
 
     assert as_set(late.snapshot) == set()
     assert [row.id for row in late.tombstones.collect()] == [1]
-    reinserted = merged_by(compare_all)(
+    reinserted = merged_by(small)(
         late.snapshot, frame(spark, [(1, "back", 3, "I", at(3))]), tombstones=late.tombstones
     )
     assert as_set(reinserted.snapshot) == {(1, "back")}
@@ -216,11 +208,9 @@ def test_a_delete_remembered_as_a_tombstone_keeps_a_later_arriving_older_update_
 
 
 @MERGE_PATHS
-def test_tombstones_past_their_retention_are_dropped_and_a_late_update_then_returns(
-    spark, compare_all
-) -> None:
-    deleted = merged_by(compare_all)(None, frame(spark, [(1, "gone", 2, "D", at(2))]), now=0)
-    expired = merged_by(compare_all)(
+def test_tombstones_past_their_retention_are_dropped_and_a_late_update_then_returns(spark, small) -> None:
+    deleted = merged_by(small)(None, frame(spark, [(1, "gone", 2, "D", at(2))]), now=0)
+    expired = merged_by(small)(
         deleted.snapshot,
         frame(spark, [(2, "other", 1, "U", at(5))]),
         tombstones=deleted.tombstones,
@@ -228,7 +218,7 @@ def test_tombstones_past_their_retention_are_dropped_and_a_late_update_then_retu
     )
     assert expired.tombstones.count() == 0
 
-    late = merged_by(compare_all)(
+    late = merged_by(small)(
         expired.snapshot, frame(spark, [(1, "late", 1, "U", at(1))]), tombstones=expired.tombstones
     )
 
@@ -301,10 +291,10 @@ def test_rows_with_map_columns_are_deduplicated_too(spark, strategy) -> None:
 
 
 @MERGE_PATHS
-def test_an_expired_tombstone_no_longer_keeps_a_late_update_of_its_key_out(spark, compare_all) -> None:
-    deleted = merged_by(compare_all)(None, frame(spark, [(1, "gone", 2, "D", at(2))]), now=0)
+def test_an_expired_tombstone_no_longer_keeps_a_late_update_of_its_key_out(spark, small) -> None:
+    deleted = merged_by(small)(None, frame(spark, [(1, "gone", 2, "D", at(2))]), now=0)
 
-    late = merged_by(compare_all)(
+    late = merged_by(small)(
         deleted.snapshot, frame(spark, [(1, "late", 1, "U", at(1))]), tombstones=deleted.tombstones, now=5_000
     )
 

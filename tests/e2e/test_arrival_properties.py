@@ -634,16 +634,16 @@ def replay(root: Path, tried: list[int], history: History) -> None:
 
 
 @pytest.mark.parametrize(
-    "compare_all_bytes",
-    # Small snapshots merge by comparing every row; forcing the other path checks the changed-keys
-    # merge (joins) end to end too.
-    [ingest.COMPARE_ALL_BYTES, -1],
-    ids=["small-snapshots-compare-all", "changed-keys-only"],
+    "small_bytes",
+    # Small tables merge in one partition by one aggregation over all rows; forcing the other path
+    # checks the changed-keys merge (shuffle and joins) end to end too.
+    [ingest.SMALL_TABLE_BYTES, -1],
+    ids=["small-tables-one-partition", "changed-keys-only"],
 )
 def test_every_round_publishes_what_duckdb_computes_from_the_files_landed_so_far(
-    spark, tmp_path, monkeypatch, compare_all_bytes
+    spark, tmp_path, monkeypatch, small_bytes
 ):
-    monkeypatch.setattr(ingest, "COMPARE_ALL_BYTES", compare_all_bytes)
+    monkeypatch.setattr(ingest, "SMALL_TABLE_BYTES", small_bytes)
     tried: list[int] = []
     replay(tmp_path, tried)
     print(f"\n{len(tried)} histories tried")
