@@ -68,6 +68,7 @@ from benchmarks.generate import (
     generate_full,
 )
 from cdc_pipeline.packs import DEFAULT_GLUE_DPU, MIB, PACK_MAX_TABLES, estimate_dpu_minutes
+from cdc_pipeline.state import LocalStateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -533,13 +534,21 @@ def _outcome(report: dict[str, Any], load_type: str, what: str) -> dict[str, Any
     return outcomes[0]
 
 
-def _product_figures(outcome: dict[str, Any]) -> dict[str, Any]:
+def _product_figures(outcome: dict[str, Any], folders: Folders) -> dict[str, Any]:
+    # A partitioned snapshot is its partition folders, some written by earlier runs: the state names them.
+    tracker = LocalStateStore(folders.state).read()[0].tables[outcome["table"]]
     return {
         "rows_read": outcome["rows_read"],
         "rows_written": outcome["rows_written"],
         "files_read": outcome["files_read"],
         "ingest_s": outcome["duration_s"],
-        "output": outcome["location"],
+        "output": outcome["location"] if tracker.partitions is None else tracker.partition_locations(),
+        "partitions_rewritten": None
+        if tracker.partitions is None
+        else sum(
+            1 for p in tracker.partitions.values() if p["location"].startswith(outcome["location"] + "/")
+        ),
+        "partitions": None if tracker.partitions is None else len(tracker.partitions),
     }
 
 
@@ -557,7 +566,7 @@ def run_product(folders: Folders, load_type: str, event_dir: Path | None, what: 
     return {
         "seconds": measured.seconds,
         **measured.usage,
-        **_product_figures(outcome),
+        **_product_figures(outcome, folders),
         "profile": spark_profile(event_log(event_dir) if event_dir else None, 0, measured.started_epoch),
     }
 
@@ -674,7 +683,7 @@ class WarmSession:
         return {
             "seconds": result["seconds"],
             **usage_figures(processes, self.pid),
-            **_product_figures(outcome),
+            **_product_figures(outcome, folders),
             "profile": spark_profile(log, offset, started_epoch),
         }
 
@@ -712,10 +721,12 @@ def _duckdb() -> Any:
     return connection
 
 
-def _relation(path: str) -> str:
-    """A snapshot folder (flat or partitioned) or one Parquet file, as a DuckDB relation."""
-    glob = path if path.endswith(".parquet") else path.rstrip("/") + "/**/*.parquet"
-    return f"read_parquet({_sql_text(glob)}, hive_partitioning = false)"
+def _relation(path: str | list[str]) -> str:
+    """A snapshot folder (flat or partitioned), one Parquet file, or a partitioned snapshot's
+    partition folders, as a DuckDB relation."""
+    paths = path if isinstance(path, list) else [path]
+    globs = [p if p.endswith(".parquet") else p.rstrip("/") + "/**/*.parquet" for p in paths]
+    return f"read_parquet([{', '.join(_sql_text(glob) for glob in globs)}], hive_partitioning = false)"
 
 
 def compare(connection: Any, candidate: str, oracle: str) -> dict[str, int]:

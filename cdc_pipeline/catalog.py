@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cdc_pipeline.arrivals import DataFile, FileListing, is_hidden
 from cdc_pipeline.errors import ConfigurationError, TableError
@@ -79,6 +79,9 @@ class PublishedTable:
     location: str
     columns: list[dict[str, str]]
     run_id: str
+    # A partitioned snapshot: its partition columns, and its partitions (state.TableState.partitions).
+    partition_by: list[str] = field(default_factory=list)
+    partitions: dict[str, dict[str, Any]] | None = None
 
 
 class OutputCatalog(Protocol):

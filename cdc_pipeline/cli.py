@@ -163,7 +163,16 @@ def _status(args: argparse.Namespace) -> int:
             "revision": document.revision,
             "run_id": document.run_id,
             "committed_at": document.committed_at,
-            "tables": {name: table.to_json() for name, table in sorted(document.tables.items())},
+            "tables": {
+                # What a reader reads: the snapshot folder, or a partitioned snapshot's partition folders.
+                name: {
+                    **table.to_json(),
+                    "locations": table.partition_locations()
+                    if table.partitions is not None
+                    else [table.location],
+                }
+                for name, table in sorted(document.tables.items())
+            },
         }
         print(json.dumps(payload, indent=2))
     else:

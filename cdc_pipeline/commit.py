@@ -46,6 +46,14 @@ class TableOutcome:
     previous_location: str | None = None
     columns: list[dict[str, str]] = field(default_factory=list)
     files_read: int | None = None
+    # A partitioned snapshot's partition columns and partitions (for the output catalog; the
+    # report names only how many: the state holds them).
+    partition_by: list[str] = field(default_factory=list)
+    partitions: dict[str, dict[str, Any]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {name: value for name, value in self.__dict__.items() if name != "partitions"}
+        return {**data, "partition_count": None if self.partitions is None else len(self.partitions)}
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class CommitReport:
             "run_id": self.run_id,
             "revision": self.revision,
             "committed_at": self.committed_at,
-            "tables": [outcome.__dict__ for outcome in self.outcomes],
+            "tables": [outcome.to_json() for outcome in self.outcomes],
             "warnings": self.warnings,
             "deleted_locations": self.deleted_locations,
             "glue_estimate": self.glue_estimate,
@@ -182,6 +190,8 @@ def commit_run(
                 previous_location=previous.location if previous else None,
                 columns=manifest.schema,
                 files_read=manifest.files_read,
+                partition_by=manifest.partition_by,
+                partitions=manifest.partitions,
             )
         )
     unpublished = [location for i in plan.items if i.table not in manifests for location in _outputs(i)]
@@ -297,8 +307,25 @@ def _next_state(
         tombstones=manifest.tombstones_location,
         previous_tombstones=tuple(tombstones),
         bytes=manifest.bytes_written,
+        partition_by=tuple(manifest.partition_by),
+        partitions=manifest.partitions,
+        retained_partitions=_retained_partitions(previous, manifest, retained_snapshots),
     )
-    return state, expired + expired_tombstones
+    # A partitioned snapshot's folders leave when no retained snapshot names them any more.
+    dropped = sorted(previous.locations() - state.locations()) if previous else []
+    return state, expired + expired_tombstones + dropped
+
+
+def _retained_partitions(
+    previous: TableState | None, manifest: Manifest, retained_snapshots: int
+) -> tuple[dict[str, dict[str, Any]], ...]:
+    """The partitions of the earlier snapshots kept beside the new one (newest first)."""
+    if previous is None or manifest.partitions is None:
+        return ()
+    earlier = ([previous.partitions] if previous.partitions is not None else []) + list(
+        previous.retained_partitions
+    )
+    return tuple(earlier[: retained_snapshots - 1])
 
 
 def _retain(current: str | None, history: list[str], retained: int) -> tuple[list[str], list[str]]:

@@ -31,13 +31,14 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cdc_pipeline import partitions
 from cdc_pipeline.errors import TableError
 from cdc_pipeline.manifest import SUCCEEDED, Manifest, failure_record
 from cdc_pipeline.packs import work_bytes
 from cdc_pipeline.plan import LoadType, Mode, WorkItem
 from cdc_pipeline.registry import EPOCH_UNITS, IncrementalBy
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, widen
-from cdc_pipeline.spark import check_session
+from cdc_pipeline.spark import check_session, escape_glob
 from cdc_pipeline.storage import Storage
 from cdc_pipeline.transform import (
     ORDER_COLUMN,
@@ -77,10 +78,9 @@ def ingest_table(
     started_at = datetime.now(UTC)
     start = time.monotonic()
     try:
-        manifest = _ingest(spark, item, strategy, started_at, start)
+        manifest = _ingest(spark, item, storage, strategy=strategy, started_at=started_at, start=start)
     except (Py4JJavaError, PySparkException) as exc:
         raise TableError(item.table, f"Spark failed reading or writing it: {_first_line(exc)}") from exc
-    manifest = replace(manifest, bytes_written=storage.size(item.output_location))
     storage.write_json(item.manifest_location, manifest.to_json())
     logger.info(
         "table %s ingested: %d file(s), %d rows read, %d written, watermark %s -> %s",
@@ -167,8 +167,15 @@ def ingest_items(
 
 
 def _ingest(
-    spark: SparkSession, item: WorkItem, strategy: DedupStrategy, started_at: datetime, start: float
+    spark: SparkSession,
+    item: WorkItem,
+    storage: Storage,
+    *,
+    strategy: DedupStrategy,
+    started_at: datetime,
+    start: float,
 ) -> Manifest:
+    item, carried = _select_partitions(spark, item)
     inputs = read_inputs(spark, item)
     ordering = _Ordering.of(item, inputs.batch)
     before = Watermark.parse(item.last_watermark) if item.last_watermark else None
@@ -182,11 +189,10 @@ def _ingest(
         _cached(merged.latest, incremental and not _is_small(item)),
         _cached(merged.resolved, merged.tombstones is not None),
     ):
-        rows_written = _write(merged.snapshot, item.output_location, f"written-{item.run_id}-{item.table}")
+        written = _write_snapshot(spark, item, merged.snapshot, carried, storage)
         tombstones_location = _write_tombstones(item, merged.tombstones)
     stats = _BatchStats.of(prepared.metrics)
     quarantine = _set_aside(item, prepared.batch, stats)
-    result = merged.snapshot
 
     warnings = list(item.warnings)
     if quarantine:
@@ -200,14 +206,62 @@ def _ingest(
         started_at,
         start,
         rows_read=stats.rows,
-        rows_written=rows_written,
+        written=written,
         set_aside=stats.set_aside,
         null_watermarks=null_orderings,
         before=before,
         after=_new_watermark(before, stats.max_order, ordering.kind),
         quarantine=quarantine,
-        schema=schema_columns(result),
+        schema=schema_columns(merged.snapshot),
         tombstones=tombstones_location,
+    )
+
+
+def _select_partitions(spark: SparkSession, item: WorkItem) -> tuple[WorkItem, partitions.Partitions]:
+    """For a partitioned snapshot: the item reading only the partitions its batch touches, and the
+    partitions carried as they are."""
+    if not item.partition_by or item.current_partitions is None:
+        return item, {}
+    touched = _touched_partitions(spark, item)
+    current = item.current_partitions
+    carried = {pid: p for pid, p in current.items() if pid not in touched}
+    return replace(item, current_partitions={pid: p for pid, p in current.items() if pid in touched}), carried
+
+
+@dataclass(frozen=True)
+class _Written:
+    """The new snapshot: its rows and bytes, and its partitions when it has them."""
+
+    rows: int
+    bytes: int
+    partitions: partitions.Partitions | None = None
+
+
+def _write_snapshot(
+    spark: SparkSession, item: WorkItem, snapshot: DataFrame, carried: partitions.Partitions, storage: Storage
+) -> _Written:
+    if not item.partition_by:
+        rows = _write(snapshot, item.output_location, f"written-{item.run_id}-{item.table}")
+        return _Written(rows, sum(storage.file_sizes(item.output_location).values()))
+    partitions.check_columns(item.table, snapshot)
+    partitions.write(snapshot, item.output_location, item.partition_by)
+    sizes = storage.file_sizes(item.output_location)
+    current = {**carried, **partitions.describe(spark, item.output_location, item.partition_by, sizes)}
+    return _Written(
+        sum(p["rows"] for p in current.values()), sum(p["bytes"] for p in current.values()), current
+    )
+
+
+def _touched_partitions(spark: SparkSession, item: WorkItem) -> set[str]:
+    """The ids of the current snapshot's partitions this item's batch touches."""
+    batch = read_inputs(
+        spark, replace(item, current_snapshot=None, current_partitions=None, current_tombstones=None)
+    )
+    return partitions.touched(
+        batch.batch,
+        partitions.read(spark, item.current_partitions or {}),
+        primary_key=item.primary_key,
+        partition_by=item.partition_by,
     )
 
 
@@ -403,21 +457,16 @@ def _read(spark: SparkSession, item: WorkItem, paths: list[str]) -> DataFrame:
         reader = reader.schema(", ".join(f"`{c['name']}` {_spark_type(c['type'])}" for c in item.columns))
     if item.partition_keys:
         # Files named one by one keep their key=value folders as columns only with the table root.
-        reader = reader.option("basePath", _escape_glob(item.location))
+        reader = reader.option("basePath", escape_glob(item.location))
     elif item.files is None:
         # Landing zones nest files in date folders (2024/05/01/...) that are not key=value partitions.
         reader = reader.option("recursiveFileLookup", "true")
-    df = reader.format(item.format).load([_escape_glob(path) for path in paths])
+    df = reader.format(item.format).load([escape_glob(path) for path in paths])
     return _json_as_catalog(df, item) if item.format == "json" else df
 
 
 def _join(location: str, relative: str) -> str:
     return location.rstrip("/") + "/" + relative
-
-
-def _escape_glob(path: str) -> str:
-    """A path Spark reads as it is: Hadoop takes ``* ? [ ] { } \\`` in a path as a glob pattern."""
-    return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
 
 
 def _json_as_catalog(df: DataFrame, item: WorkItem) -> DataFrame:
@@ -442,6 +491,8 @@ READERS = frozenset({"parquet", "csv", "json"})
 
 
 def read_snapshot(spark: SparkSession, item: WorkItem) -> DataFrame | None:
+    if item.current_partitions is not None:
+        return partitions.read(spark, item.current_partitions)
     return _read_existing(spark, item, item.current_snapshot, "snapshot")
 
 
@@ -449,7 +500,7 @@ def _read_existing(spark: SparkSession, item: WorkItem, location: str | None, wh
     if location is None:
         return None
     try:
-        return spark.read.parquet(_escape_glob(location))
+        return spark.read.parquet(escape_glob(location))
     except PySparkException as exc:
         raise TableError(
             item.table,
@@ -547,7 +598,7 @@ def _holder(labelled: tuple[DataFrame, Place], column: str, type_name: str) -> s
     """A place holding ``column`` as ``type_name``: for a group of files, one file that does."""
     df, place = labelled
     for path in place.paths[:_FILES_SEARCHED]:
-        schema = df.sparkSession.read.parquet(_escape_glob(path)).schema
+        schema = df.sparkSession.read.parquet(escape_glob(path)).schema
         if any(f.name.lower() == column.lower() and f.dataType.simpleString() == type_name for f in schema):
             return f"file {path}"
     return place.description
@@ -756,7 +807,7 @@ def _manifest(
     start: float,
     *,
     rows_read: int,
-    rows_written: int,
+    written: _Written,
     set_aside: int,
     null_watermarks: int,
     before: Watermark | None,
@@ -772,7 +823,7 @@ def _manifest(
         load_type=item.load_type,
         mode=item.mode,
         rows_read=rows_read,
-        rows_written=rows_written,
+        rows_written=written.rows,
         rows_set_aside=set_aside,
         null_watermark_rows=null_watermarks,
         watermark_column=item.watermark_column,
@@ -793,6 +844,9 @@ def _manifest(
         cursor=item.next_cursor,
         watermark_unit=item.watermark_unit,
         tombstones_location=tombstones,
+        bytes_written=written.bytes,
+        partition_by=item.partition_by,
+        partitions=written.partitions,
     )
 
 

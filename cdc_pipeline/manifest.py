@@ -46,6 +46,8 @@ class Manifest:
     watermark_unit: str | None = None
     tombstones_location: str | None = None
     bytes_written: int | None = None  # the snapshot's size on storage
+    partition_by: list[str] = field(default_factory=list)
+    partitions: dict[str, dict[str, Any]] | None = None  # the new snapshot's (state.TableState)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

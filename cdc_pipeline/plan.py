@@ -126,6 +126,9 @@ class WorkItem:
     # What the ingest will read, for packing small tables into shared Glue runs (None: unknown).
     input_bytes: int | None = None
     snapshot_bytes: int | None = None
+    # Output partition columns, and the current snapshot's partitions (state.Partitions) when it has some.
+    partition_by: list[str] = field(default_factory=list)
+    current_partitions: dict[str, dict[str, Any]] | None = None
     format_version: int = WORK_ITEM_FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -333,6 +336,17 @@ def _plan_table(
     ):
         load_type = LoadType.FULL
         warnings.append(_registry_changed(tracker))
+    partition_by = settings.partition_by if settings else ()
+    if (
+        load_type is LoadType.INCREMENTAL
+        and tracker is not None
+        and [c.lower() for c in partition_by] != [c.lower() for c in tracker.partition_by]
+    ):
+        load_type = LoadType.FULL
+        warnings.append(
+            f"output partitioning changed from {list(tracker.partition_by)} to {list(partition_by)} since "
+            "the last commit: full load to write the snapshot in the new layout"
+        )
     if listing is not None and start_after is not None and load_type is LoadType.FULL:
         listing = catalog.list_files(name)  # a full load reads every file, not only the newest
     cursor = FileCursor()
@@ -507,6 +521,7 @@ def _work_item(
         warnings.append("registry gives no primary key: rows are appended without deduplication")
     named = _resolve_named(table, settings, registry_source, warnings)
     primary_key = [named[f"primary_key ({column})"] or column for column in settings.primary_key]
+    partition_by = [named[f"partition_by ({column})"] or column for column in settings.partition_by]
     sequence_column = named.get("sequence_column")
     delete_column = named.get("delete_column")
     watermark_column = named.get("watermark_column")
@@ -605,6 +620,8 @@ def _work_item(
         watermark_unit=settings.watermark_unit,
         current_tombstones=tracker.tombstones if incremental and tracker else None,
         snapshot_bytes=tracker.bytes if incremental and tracker else None,
+        partition_by=partition_by,
+        current_partitions=tracker.partitions if incremental and tracker and partition_by else None,
         tombstones_location=layout.tombstones(table.name, run_id) if keyed and delete_column else None,
         tombstone_retention_micros=settings.tombstone_retention_micros,
     )

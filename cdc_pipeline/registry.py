@@ -28,6 +28,7 @@ OPTIONAL_COLUMNS = (
     "watermark_unit",
     "tombstone_retention",
     "time_ordered_keys",
+    "partition_by",
 )
 DEFAULT_TOMBSTONE_RETENTION = "P30D"
 
@@ -63,6 +64,8 @@ class TableSettings:
     tombstone_retention: str = DEFAULT_TOMBSTONE_RETENTION
     # File names sort in the order the files land: listings start after the last settled name.
     time_ordered_keys: bool = False
+    # Output partition columns: an incremental run rewrites only the partitions its changes touch.
+    partition_by: tuple[str, ...] = ()
     tombstone_retention_micros: int = field(
         default_factory=lambda: parse_lookback(DEFAULT_TOMBSTONE_RETENTION)
     )
@@ -81,6 +84,7 @@ class TableSettings:
             named["sequence_column"] = self.sequence_column
         if self.delete_column:
             named["delete_column"] = self.delete_column
+        named |= {f"partition_by ({column})": column for column in self.partition_by}
         return named
 
 
@@ -238,9 +242,20 @@ def _parse_row(row: dict[str, str], source: str, line_number: int) -> TableSetti
             f"{where}: table {table_name!r} has time_ordered_keys {row['time_ordered_keys']!r}; write true "
             "(its file names sort in the order the files land, e.g. DMS date folders) or false"
         )
+    partition_by = tuple(
+        column.strip() for column in row.get("partition_by", "").split(",") if column.strip()
+    )
+    if len({column.lower() for column in partition_by}) != len(partition_by):
+        raise RegistryError(f"{where}: partition_by of {table_name!r} names a column twice")
+    if partition_by and not primary_key:
+        raise RegistryError(
+            f"{where}: table {table_name!r} has partition_by but no primary_key; output partitions are "
+            "rewritten where keys changed, so name the primary key (or leave partition_by empty)"
+        )
     return TableSettings(
         table_name=table_name,
         primary_key=primary_key,
+        partition_by=partition_by,
         watermark_column=watermark_column or DEFAULT_WATERMARK_COLUMN,
         watermark_column_explicit=bool(watermark_column),
         sequence_column=sequence_column,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from typing import TYPE_CHECKING
 
@@ -91,3 +92,8 @@ def check_session(session: SparkSession) -> None:
             f"Spark session time zone is {zone!r}; ingest needs UTC to keep watermarks exact. Build the "
             "session with cdc_pipeline.spark.local_session() or call cdc_pipeline.spark.configure()"
         )
+
+
+def escape_glob(path: str) -> str:
+    """A path Spark reads as it is: Hadoop takes ``* ? [ ] { } \\`` in a path as a glob pattern."""
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)

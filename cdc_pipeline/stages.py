@@ -125,7 +125,14 @@ def commit_stage(
     # A table whose snapshot did not move (nothing new to append) keeps its catalog entry.
     output_catalog.publish(
         [
-            PublishedTable(outcome.table, outcome.location, outcome.columns, plan.run_id)
+            PublishedTable(
+                outcome.table,
+                outcome.location,
+                outcome.columns,
+                plan.run_id,
+                partition_by=outcome.partition_by,
+                partitions=outcome.partitions,
+            )
             for outcome in report.outcomes
             if outcome.status == "succeeded"
             and outcome.location

@@ -56,6 +56,12 @@ class TableState:
     tombstones: str | None = None
     previous_tombstones: tuple[str, ...] = ()
     bytes: int | None = None  # the current snapshot's size on storage (None: committed before format 3)
+    # A partitioned snapshot (registry partition_by): its partitions by id, each a folder that may
+    # belong to an earlier run (carried by reference), and the partitions of the retained earlier
+    # snapshots, whose folders are kept as long as any of them names them.
+    partition_by: tuple[str, ...] = ()
+    partitions: dict[str, dict[str, Any]] | None = None
+    retained_partitions: tuple[dict[str, dict[str, Any]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.watermark is not None:
@@ -80,13 +86,22 @@ class TableState:
         )
 
     def locations(self) -> set[str]:
-        """Every folder this tracker keeps: snapshots and tombstones, current and retained."""
-        return {
+        """Every folder this tracker keeps: snapshots and tombstones, current and retained, and
+        every partition folder a current or retained snapshot names, with its run's folder."""
+        kept = {
             self.location,
             *self.previous_locations,
             *([self.tombstones] if self.tombstones else []),
             *self.previous_tombstones,
         }
+        for partitions in (self.partitions or {}, *self.retained_partitions):
+            for partition in partitions.values():
+                kept |= {partition["location"], partition["location"].rsplit("/", 1)[0]}
+        return kept
+
+    def partition_locations(self) -> list[str]:
+        """The folders of the current snapshot's partitions, what a reader of it reads."""
+        return sorted(partition["location"] for partition in (self.partitions or {}).values())
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,7 +114,14 @@ class TableState:
         return cls(**{**data, **{name: tuple(data.get(name, ())) for name in _TUPLES}})
 
 
-_TUPLES = ("previous_locations", "primary_key", "delete_values", "previous_tombstones")
+_TUPLES = (
+    "previous_locations",
+    "primary_key",
+    "delete_values",
+    "previous_tombstones",
+    "partition_by",
+    "retained_partitions",
+)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ class Storage(Protocol):
         """Remove everything at and below ``location``; False when there was nothing there."""
         ...
 
-    def size(self, location: str) -> int:
-        """The bytes of every file at and below ``location`` (0 when there is none)."""
+    def file_sizes(self, location: str) -> dict[str, int]:
+        """The bytes of every file below the folder ``location``, by path relative to it (none: {})."""
         ...
 
 
@@ -61,12 +61,10 @@ class LocalStorage:
             path.unlink()
         return True
 
-    def size(self, location: str) -> int:
-        path = Path(location)
-        if path.is_file():
-            return path.stat().st_size
-        return sum(
-            os.path.getsize(os.path.join(folder, name))
-            for folder, _, names in os.walk(path)
-            for name in names
-        )
+    def file_sizes(self, location: str) -> dict[str, int]:
+        root = Path(location)
+        return {
+            path.relative_to(root).as_posix(): path.stat().st_size
+            for path in root.rglob("*")
+            if path.is_file()
+        }

@@ -75,6 +75,11 @@ def test_table_names_match_case_insensitively_like_the_glue_catalog() -> None:
         ("table_name,primary_key,delete_values\norders,id,D\n", "has delete_values but no delete_column"),
         ("table_name,primary_key\n,id\n", "line 2: table_name is blank"),
         ('table_name,primary_key\norders,"id,id"\n', "names a column twice"),
+        (
+            'table_name,primary_key,partition_by\norders,id,"day,Day"\n',
+            "partition_by of 'orders' names a column twice",
+        ),
+        ("table_name,primary_key,partition_by\norders,,day\n", "has partition_by but no primary_key"),
     ],
 )
 def test_malformed_registry_is_refused_with_the_file_and_the_fix(text: str, expected: str) -> None:
@@ -105,3 +110,12 @@ def test_registry_directory_without_csv_files_is_an_error_naming_it(tmp_path) ->
         load_registry(LocalRegistrySource(tmp_path))
     with pytest.raises(RegistryError, match="does not exist"):
         load_registry(LocalRegistrySource(tmp_path / "missing"))
+
+
+def test_partition_by_names_the_output_partition_columns_in_order() -> None:
+    registry = parse_registry(
+        'table_name,primary_key,partition_by\norders,id,"region, day"\nusers,id,\n', "tables.csv"
+    )
+
+    assert registry.tables["orders"].partition_by == ("region", "day")
+    assert registry.tables["users"].partition_by == ()

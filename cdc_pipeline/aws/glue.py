@@ -397,7 +397,13 @@ class GlueOutputCatalog:
             )
 
     def table_input(self, table: PublishedTable) -> dict[str, Any]:
-        """The Glue ``TableInput`` for ``table``: an external Parquet table at its snapshot folder."""
+        """The Glue ``TableInput`` for ``table``: an external Parquet table at its snapshot folder,
+        partitioned by its partition columns when it has them."""
+        keys = {name.lower() for name in table.partition_by}
+
+        def glue_column(column: dict[str, str]) -> dict[str, str]:
+            return {"Name": column["name"], "Type": hive_type(table.name, column["name"], column["type"])}
+
         return {
             "Name": table.name,
             "TableType": "EXTERNAL_TABLE",
@@ -408,8 +414,7 @@ class GlueOutputCatalog:
             },
             "StorageDescriptor": {
                 "Columns": [
-                    {"Name": column["name"], "Type": hive_type(table.name, column["name"], column["type"])}
-                    for column in table.columns
+                    glue_column(column) for column in table.columns if column["name"].lower() not in keys
                 ],
                 # Athena reads a table's location as a folder only when it ends with a slash.
                 "Location": table.location.rstrip("/") + "/",
@@ -420,12 +425,92 @@ class GlueOutputCatalog:
                     "Parameters": {"serialization.format": "1"},
                 },
             },
-            # Snapshots are written unpartitioned; a partitioned table would need its partitions
-            # registered too before Athena saw any row.
-            "PartitionKeys": [],
+            # Partition keys in the registry's order (the partitions' values follow it); the files
+            # hold these columns too, and Athena takes them from the partition.
+            "PartitionKeys": [
+                glue_column(column)
+                for name in table.partition_by
+                for column in table.columns
+                if column["name"].lower() == name.lower()
+            ],
         }
 
     def _publish(self, table: PublishedTable) -> None:
+        self._publish_table(table)
+        if table.partitions is not None:
+            self._publish_partitions(table)
+
+    def _publish_partitions(self, table: PublishedTable) -> None:
+        """Point the table's Glue partitions at the snapshot's: new ones created, moved ones
+        updated, then the ones the snapshot no longer has deleted. Each partition switches on its
+        own (Glue has no multi-partition transaction); every folder named stays complete."""
+        wanted = {
+            tuple(p["values"]): p["location"].rstrip("/") + "/" for p in (table.partitions or {}).values()
+        }
+        storage = self.table_input(table)["StorageDescriptor"]
+        try:
+            existing = {
+                tuple(partition["Values"]): partition["StorageDescriptor"]["Location"]
+                for page in self.client.get_paginator("get_partitions").paginate(
+                    DatabaseName=self.database, TableName=table.name
+                )
+                for partition in page["Partitions"]
+            }
+
+            def partition_input(values: tuple[str, ...]) -> dict[str, Any]:
+                return {"Values": list(values), "StorageDescriptor": {**storage, "Location": wanted[values]}}
+
+            created = [values for values in wanted if values not in existing]
+            for batch in _batches(created, GLUE_PARTITION_BATCH):
+                self._check(
+                    table,
+                    self.client.batch_create_partition(
+                        DatabaseName=self.database,
+                        TableName=table.name,
+                        PartitionInputList=[partition_input(values) for values in batch],
+                    ),
+                    "glue:BatchCreatePartition",
+                )
+            moved = [values for values in wanted if values in existing and existing[values] != wanted[values]]
+            for batch in _batches(moved, GLUE_PARTITION_BATCH):
+                self._check(
+                    table,
+                    self.client.batch_update_partition(
+                        DatabaseName=self.database,
+                        TableName=table.name,
+                        Entries=[
+                            {"PartitionValueList": list(values), "PartitionInput": partition_input(values)}
+                            for values in batch
+                        ],
+                    ),
+                    "glue:BatchUpdatePartition",
+                )
+            gone = [values for values in existing if values not in wanted]
+            for batch in _batches(gone, GLUE_PARTITION_DELETE_BATCH):
+                self._check(
+                    table,
+                    self.client.batch_delete_partition(
+                        DatabaseName=self.database,
+                        TableName=table.name,
+                        PartitionsToDelete=[{"Values": list(values)} for values in batch],
+                    ),
+                    "glue:BatchDeletePartition",
+                )
+        except ClientError as exc:
+            raise self._error(table, exc, "glue:GetPartitions and Batch*Partition") from exc
+
+    def _check(self, table: PublishedTable, response: dict[str, Any], permission: str) -> None:
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0].get("ErrorDetail", {})
+            raise TableError(
+                table.name,
+                f"{len(errors)} partition(s) of Glue table {self.database}.{table.name} could not be "
+                f"published ({first.get('ErrorCode')}: {first.get('ErrorMessage')}); grant the role "
+                f"{permission} on it, then publish again (the committed state is not affected)",
+            )
+
+    def _publish_table(self, table: PublishedTable) -> None:
         table_input = self.table_input(table)
         try:
             # SkipArchive: a version per table per run would reach Glue's account-wide limit of
@@ -460,6 +545,16 @@ class GlueOutputCatalog:
             f"cannot publish snapshot {table.location} to Glue table {self.database}.{table.name} "
             f"({code}: {message}); {fix}",
         )
+
+
+# Glue's limits per call: BatchCreatePartition and BatchUpdatePartition take 100, BatchDeletePartition 25.
+GLUE_PARTITION_BATCH = 100
+GLUE_PARTITION_DELETE_BATCH = 25
+
+
+def _batches(values: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def hive_type(table: str, column: str, spark_type: str) -> str:

@@ -185,18 +185,17 @@ class S3Storage:
             deleted_any = True
         return deleted_any
 
-    def size(self, location: str) -> int:
-        """The bytes of the object at ``location`` and of every object below ``location/``."""
+    def file_sizes(self, location: str) -> dict[str, int]:
+        """The bytes of every object below ``location/``, by key relative to it."""
         bucket, key = parse_s3_uri(location)
-        key = key.rstrip("/")
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        prefix = key.rstrip("/") + "/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         try:
-            return sum(
-                entry["Size"]
+            return {
+                entry["Key"][len(prefix) :]: entry["Size"]
                 for page in pages
                 for entry in page.get("Contents", [])
-                if entry["Key"] == key or entry["Key"].startswith(key + "/")
-            )
+            }
         except ClientError as exc:
             _raise_for(exc, doing="list", uri=location, permission="s3:ListBucket")
 

@@ -170,3 +170,60 @@ def test_a_table_created_by_a_concurrent_publisher_is_updated_instead(offline_gl
         GlueOutputCatalog("current", offline_glue_client).publish([_orders(SNAPSHOT_1, "run-1")])
 
     stubber.assert_no_pending_responses()
+
+
+def _partitioned(run_id: str, partitions: dict[str, tuple[str, str]]) -> PublishedTable:
+    """orders partitioned by day; ``partitions``: id -> (day, the run whose folder holds it)."""
+    return PublishedTable(
+        name="orders",
+        location=f"s3://lake/current/orders/snapshots/{run_id}",
+        columns=[{"name": "id", "type": "bigint"}, {"name": "day", "type": "date"}],
+        run_id=run_id,
+        partition_by=["day"],
+        partitions={
+            pid: {
+                "location": f"s3://lake/current/orders/snapshots/{run}/cdc_partition={pid}",
+                "values": [day],
+            }
+            for pid, (day, run) in partitions.items()
+        },
+    )
+
+
+def _glue_partitions(glue_client, database: str) -> dict[tuple[str, ...], str]:
+    return {
+        tuple(p["Values"]): p["StorageDescriptor"]["Location"]
+        for p in glue_client.get_partitions(DatabaseName=database, TableName="orders")["Partitions"]
+    }
+
+
+def test_a_partitioned_snapshot_gets_one_glue_partition_per_partition_folder_kept_in_step(
+    glue_client, output_database
+):
+    catalog = GlueOutputCatalog(output_database, glue_client)
+    catalog.publish([_partitioned("run-1", {"p1": ("2026-01-01", "run-1"), "p2": ("2026-01-02", "run-1")})])
+
+    table = glue_client.get_table(DatabaseName=output_database, Name="orders")["Table"]
+    assert table["PartitionKeys"] == [{"Name": "day", "Type": "date"}]
+    assert table["StorageDescriptor"]["Columns"] == [{"Name": "id", "Type": "bigint"}]
+    assert _glue_partitions(glue_client, output_database) == {
+        ("2026-01-01",): "s3://lake/current/orders/snapshots/run-1/cdc_partition=p1/",
+        ("2026-01-02",): "s3://lake/current/orders/snapshots/run-1/cdc_partition=p2/",
+    }
+
+    # run-2 rewrote day 2, carried day 1, added day 3; a later run's snapshot lost day 1.
+    catalog.publish(
+        [
+            _partitioned(
+                "run-2",
+                {"p1": ("2026-01-01", "run-1"), "p2": ("2026-01-02", "run-2"), "p3": ("2026-01-03", "run-2")},
+            )
+        ]
+    )
+    assert _glue_partitions(glue_client, output_database) == {
+        ("2026-01-01",): "s3://lake/current/orders/snapshots/run-1/cdc_partition=p1/",
+        ("2026-01-02",): "s3://lake/current/orders/snapshots/run-2/cdc_partition=p2/",
+        ("2026-01-03",): "s3://lake/current/orders/snapshots/run-2/cdc_partition=p3/",
+    }
+    catalog.publish([_partitioned("run-3", {"p2": ("2026-01-02", "run-2"), "p3": ("2026-01-03", "run-2")})])
+    assert set(_glue_partitions(glue_client, output_database)) == {("2026-01-02",), ("2026-01-03",)}

@@ -79,15 +79,16 @@ def test_delete_tree_of_nothing_reports_false_and_touches_nothing(storage_case):
     assert set(storage_case.files()) == {"snap/r10/part-0.parquet"}
 
 
-def test_size_adds_up_every_file_below_a_folder_and_nothing_beside_it(storage_case):
+def test_file_sizes_give_every_file_below_a_folder_and_nothing_beside_it(storage_case):
     storage_case.put_file("snap/r1/part-0.parquet", b"12345")
     storage_case.put_file("snap/r1/year=2024/part-1.parquet", b"123")
     storage_case.put_file("snap/r10/part-0.parquet", b"not counted")
     storage_case.put_file("snap/r1.json", b"{}")
 
-    assert storage_case.storage.size(storage_case.location("snap/r1")) == 8
-    assert storage_case.storage.size(storage_case.location("snap/r1") + "/") == 8
+    expected = {"part-0.parquet": 5, "year=2024/part-1.parquet": 3}
+    assert storage_case.storage.file_sizes(storage_case.location("snap/r1")) == expected
+    assert storage_case.storage.file_sizes(storage_case.location("snap/r1") + "/") == expected
 
 
-def test_size_of_nothing_is_zero(storage_case):
-    assert storage_case.storage.size(storage_case.location("snap/none")) == 0
+def test_file_sizes_of_nothing_are_empty(storage_case):
+    assert storage_case.storage.file_sizes(storage_case.location("snap/none")) == {}
