@@ -244,7 +244,7 @@ def _write_snapshot(
         rows = _write(snapshot, item.output_location, f"written-{item.run_id}-{item.table}")
         return _Written(rows, sum(storage.file_sizes(item.output_location).values()))
     partitions.check_columns(item.table, snapshot)
-    partitions.write(snapshot, item.output_location, item.partition_by)
+    partitions.write(snapshot, item.output_location, item.partition_by, one_task=_is_small_output(snapshot))
     sizes = storage.file_sizes(item.output_location)
     current = {**carried, **partitions.describe(spark, item.output_location, item.partition_by, sizes)}
     return _Written(
@@ -715,13 +715,16 @@ def _raw_null_ordering(ordering: _Ordering) -> Column:
 ONE_FILE_BYTES = 16 * 1024 * 1024
 
 
+def _is_small_output(df: DataFrame) -> bool:
+    # Spark's own estimate of the result, from the bytes of the files it reads (on the high side).
+    return int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()) <= ONE_FILE_BYTES
+
+
 def _write(df: DataFrame, location: str, name: str) -> int:
     """Write ``df`` as the Parquet folder ``location`` (a small table as one file); the rows written,
     counted while writing."""
     written = Observation(name)
-    # Spark's own estimate of the result, from the bytes of the files it reads (on the high side).
-    estimate = int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
-    if estimate <= ONE_FILE_BYTES:
+    if _is_small_output(df):
         df = df.coalesce(1)
     df.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(location)
     return int(written.get["rows"])

@@ -79,13 +79,18 @@ def touched(
     return {row[0] for row in ids.distinct().collect()}
 
 
-def write(df: DataFrame, location: str, partition_by: Sequence[str]) -> None:
+def write(df: DataFrame, location: str, partition_by: Sequence[str], *, one_task: bool) -> None:
     """Write ``df`` as one folder per partition; the rows of a partition are gathered into few files
-    (Spark's REBALANCE: about 128 MiB each), never one per task and partition."""
+    (Spark's REBALANCE: about 128 MiB each), never one per task and partition. ``one_task``: the
+    output is small, one task writes it all (one file per partition, no shuffle)."""
+    df = df.withColumn(PARTITION_COLUMN, partition_id(df, partition_by))
+    if one_task:
+        df.coalesce(1).write.mode("overwrite").partitionBy(PARTITION_COLUMN).parquet(location)
+        return
     # PySpark's DataFrame.hint takes no column: the hint goes through a temporary view, named by a
     # digest of the output location (unique per run and table, and safe to put in SQL).
     view = "cdc_" + hashlib.sha256(location.encode()).hexdigest()[:32]
-    df.withColumn(PARTITION_COLUMN, partition_id(df, partition_by)).createOrReplaceTempView(view)
+    df.createOrReplaceTempView(view)
     try:
         rebalanced = df.sparkSession.sql(f"SELECT /*+ REBALANCE({PARTITION_COLUMN}) */ * FROM {view}")  # noqa: S608
         rebalanced.write.mode("overwrite").partitionBy(PARTITION_COLUMN).parquet(location)
