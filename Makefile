@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean check-templates layer deploy enable-schedule smoke
+.PHONY: setup demo test lint bench bench-quick clean check-templates layer deploy enable-schedule smoke
 
 setup: $(STAMP)
 
@@ -26,9 +26,13 @@ lint: setup
 	$(PY) -m ruff check cdc_pipeline lambdas glue_jobs tests benchmarks
 	$(PY) -m mypy
 
+# What a run costs against the naive script and DuckDB (10M rows, 100 small tables: ~20 minutes);
+# one table, every figure also in benchmarks/results/cost.json. benchmarks/README.md has the others.
 bench: setup
-	$(PY) -m benchmarks.run_benchmarks
-	$(PY) -m benchmarks.arrivals
+	$(PY) -m benchmarks.cost --json benchmarks/results/cost.json
+
+bench-quick: setup
+	$(PY) -m benchmarks.cost --quick --json benchmarks/results/cost-quick.json
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .venv-tools build .aws-sam

@@ -67,7 +67,7 @@ def ingest_table(
     spark: SparkSession,
     item: WorkItem,
     storage: Storage,
-    strategy: DedupStrategy = DedupStrategy.AGGREGATE,
+    strategy: DedupStrategy = DedupStrategy.WINDOW,
 ) -> Manifest:
     """Run one work item; raise TableError (naming the table and the fix) when it cannot be done."""
     check_session(spark)
@@ -296,8 +296,8 @@ def _prepare(item: WorkItem, inputs: Inputs, ordering: _Ordering, before: Waterm
 
 
 @contextmanager
-def _cached(df: DataFrame, wanted: bool) -> Iterator[DataFrame]:
-    if not wanted:
+def _cached(df: DataFrame | None, wanted: bool) -> Iterator[DataFrame | None]:
+    if not wanted or df is None:
         yield df
         return
     df = df.persist()

@@ -43,7 +43,7 @@ def frame(spark, rows):
     return spark.createDataFrame(rows, SCHEMA)
 
 
-def merge(snapshot, batch, strategy=DedupStrategy.AGGREGATE, tombstones=None, small=False):
+def merge(snapshot, batch, strategy=DedupStrategy.WINDOW, tombstones=None, small=False):
     return merge_with_tombstones(snapshot, batch, strategy, tombstones, small=small).snapshot
 
 
@@ -57,7 +57,7 @@ def merged_by(small: bool):
 
 
 def merge_with_tombstones(
-    snapshot, batch, strategy=DedupStrategy.AGGREGATE, tombstones=None, now=0, *, small=False
+    snapshot, batch, strategy=DedupStrategy.WINDOW, tombstones=None, now=0, *, small=False
 ):
     return merge_into_snapshot(
         snapshot,
