@@ -296,8 +296,8 @@ def _prepare(item: WorkItem, inputs: Inputs, ordering: _Ordering, before: Waterm
 
 
 @contextmanager
-def _cached(df: DataFrame | None, wanted: bool) -> Iterator[DataFrame | None]:
-    if not wanted or df is None:
+def _cached(df: DataFrame, wanted: bool) -> Iterator[DataFrame]:
+    if not wanted:
         yield df
         return
     df = df.persist()

@@ -142,16 +142,12 @@ def latest_per_key(
     ordering: Sequence[str],
     strategy: DedupStrategy = DedupStrategy.WINDOW,
     keep: Sequence[str] = (),
-    *,
-    only: Sequence[str] | None = None,
 ) -> DataFrame:
     """One row per key: the greatest by ``ordering`` then source rank, then content hash.
 
     ``df`` may carry RANK_COLUMN (snapshot vs batch); it is dropped from the result. A null in an
     ordering column sorts below every value, so an unstamped version never beats a stamped one.
     ``keep`` are bookkeeping columns carried with the winner but left out of the content hash.
-    ``only``: the winner's key and these columns, and nothing else is shuffled; the same winner as
-    the whole rows' (every column is hashed before the others are dropped).
     """
     if RANK_COLUMN not in df.columns:
         df = df.withColumn(RANK_COLUMN, F.lit(BATCH_RANK))
@@ -165,9 +161,6 @@ def latest_per_key(
     df = df.withColumn(_TIEBREAK, F.xxhash64(*hashed))
     order_columns = [*ordering, RANK_COLUMN, _TIEBREAK]
     data_columns += list(keep)
-    if only is not None:
-        data_columns = list(dict.fromkeys([*primary_key, *only]))
-        df = df.select(*(col(c) for c in dict.fromkeys([*data_columns, *order_columns])))
 
     if strategy is DedupStrategy.WINDOW:
         window = Window.partitionBy(*(col(c) for c in primary_key)).orderBy(
@@ -212,14 +205,14 @@ class Merged:
 
     ``latest`` (the batch deduplicated, whose keys meet the snapshot and tombstones several times;
     the batch itself when every row is compared) and ``resolved`` (the one row per compared key
-    both outputs derive from; None when they do not share it) are what a caller may cache so that
-    neither is computed more than once.
+    both outputs derive from) are what a caller may cache so that neither is computed more than
+    once.
     """
 
     snapshot: DataFrame
     tombstones: DataFrame | None
     latest: DataFrame
-    resolved: DataFrame | None
+    resolved: DataFrame
 
 
 def merge_into_snapshot(
@@ -282,25 +275,6 @@ def merge_into_snapshot(
         )
         if not small:
             kept_tombstones = tombstones.join(keys, list(primary_key), "left_anti")
-    if snapshot is None and tombstones is None and delete_column and not small:
-        # A full load: the snapshot comes from the deduplicated batch, and its tombstones from a
-        # second, narrow deduplication (keys, ordering and the delete flag are all it shuffles),
-        # which costs less than keeping every winning row to derive both from (measured,
-        # benchmarks/README.md).
-        tombstone_columns = [*primary_key, *(c for c in ordering if c not in primary_key)]
-        narrow = latest_per_key(
-            batch.withColumn(_DELETED, is_delete),
-            primary_key,
-            ordering,
-            strategy,
-            keep=(_DELETED,),
-            only=[*tombstone_columns, _DELETED],
-        )
-        deleted = narrow.filter(col(_DELETED)).select(
-            *map(col, tombstone_columns), F.lit(now_micros).cast("long").alias(DELETED_AT)
-        )
-        current = candidates.filter(~col(_DELETED)).select(*map(col, data_columns))
-        return Merged(current, deleted, latest, None)
     if small:
         # One partition satisfies the aggregation's distribution: no exchange is planned.
         winners = latest_per_key(
