@@ -340,6 +340,15 @@ def _delete_unreferenced(storage: Storage, locations: list[str], document: State
     for table in document.tables.values():
         referenced.update(table.locations())
     doomed = [location for location in dict.fromkeys(locations) if location not in referenced]
+    # A folder inside another doomed one (a partition in its run's folder) goes with it: deleting
+    # both at once, from two threads, would race.
+    folders = {location.rstrip("/") for location in doomed}
+    doomed = [location for location in doomed if not _inside_any(location, folders)]
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
         existed = list(pool.map(storage.delete_tree, doomed))
     return [location for location, was_there in zip(doomed, existed, strict=True) if was_there]
+
+
+def _inside_any(location: str, folders: set[str]) -> bool:
+    parts = location.rstrip("/").split("/")
+    return any("/".join(parts[:end]) in folders for end in range(1, len(parts)))

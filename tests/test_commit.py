@@ -646,3 +646,20 @@ def test_a_settled_file_cursor_of_an_unchanged_table_is_committed_alone(env):
     assert after.tables["orders"] == replace(state.tables["orders"], cursor=settled)
     assert after.tables["customers"] == state.tables["customers"]
     assert {o.status for o in report.outcomes} == {"unchanged"}
+
+
+def test_a_run_folder_and_the_partitions_inside_it_expiring_together_are_deleted_once(tmp_path) -> None:
+    from cdc_pipeline.commit import _delete_unreferenced
+    from cdc_pipeline.storage import LocalStorage
+
+    run_folder = tmp_path / "orders" / "snapshots" / "r1"
+    partitions = [run_folder / f"cdc_partition=p{n}" for n in range(40)]
+    for partition in partitions:
+        partition.mkdir(parents=True)
+        (partition / "part-0.parquet").write_bytes(b"x")
+    doomed = [str(p) for p in partitions] + [str(run_folder)] + [str(p) for p in reversed(partitions)]
+
+    deleted = _delete_unreferenced(LocalStorage(), doomed, StateDocument())
+
+    assert deleted == [str(run_folder)]
+    assert not run_folder.exists()

@@ -129,3 +129,11 @@ def test_an_incremental_run_rewrites_only_the_partitions_its_changes_touch(lake,
     assert Path(first["location"]) in named
     # The second run's snapshot is retained (2 snapshots); its own partitions stay readable.
     assert all(Path(p["location"]).is_dir() for p in second["partitions"].values())
+    # Two more runs on day 10: the third run's folder leaves the retained snapshots together with
+    # its only partition, and both go (one deletion, no race between them).
+    for n, seconds in ((3, 300), (4, 400)):
+        write_parquet(source / f"part-{n}.parquet", [row("U", 9, f"k9-v{n}", DAYS[9], seconds)], SCHEMA)
+        latest = run(lake)
+    assert snapshot_rows(con, latest["locations"]) == expected()
+    assert not Path(third["location"]).exists()
+    assert Path(first["location"]).is_dir()  # still carries the untouched days
