@@ -68,7 +68,7 @@ from cdc_pipeline.aws.glue import GlueCatalog, GlueOutputCatalog
 from cdc_pipeline.aws.s3 import S3RegistrySource, S3StateStore, S3Storage, parse_s3_uri
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.manifest import SUCCEEDED, Manifest
-from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
+from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB, Pack
 from cdc_pipeline.plan import PLAN_THREADS, WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
 from cdc_pipeline.tasks import commit_task, plan_task
@@ -251,9 +251,15 @@ def _object(location: str) -> Any:
 
 
 def work_items(planned: dict[str, Any]) -> list[WorkItem]:
-    """The plan's work items, read from moto's backend (no API call is counted)."""
-    plan = json.loads(_object(planned["plan_location"]).value)
-    return [WorkItem.from_json(item) for item in plan["items"]]
+    """The plan's work items, whole, as the Glue runs read them: from the item and pack files that
+    items.json names (plan.json holds them without their file lists). Read from moto's backend, so
+    no API call is counted."""
+    runs = json.loads(_object(f"s3://{planned['items_bucket']}/{planned['items_key']}").value)
+    items: list[WorkItem] = []
+    for run in runs:
+        data = json.loads(_object(run["work_item_location"]).value)
+        items += Pack.from_json(data).items if Pack.is_pack(data) else [WorkItem.from_json(data)]
+    return items
 
 
 def ingest_stand_in(items: list[WorkItem]) -> None:

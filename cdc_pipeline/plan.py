@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 TIME_TYPES = frozenset(kind.value for kind in WatermarkKind)
 INTEGER_TYPES = frozenset({"tinyint", "smallint", "int", "bigint"})
 WORK_ITEM_FORMAT = 3
+# plan.json's format. 1 (written before formats were numbered, no format_version) held every work
+# item whole; 2 leaves out each item's file lists (PER_FILE_FIELDS), which only the ingest reads,
+# from the item and pack files. Both are read; a newer format is refused (Plan.from_json).
+PLAN_FORMAT = 2
+PER_FILE_FIELDS = ("files", "next_cursor")
 PLAN_THREADS = 16  # tables listed and described at once (S3 and Glue calls)
 
 
@@ -145,6 +150,15 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Plan:
+    """What a run will do with each table of the source.
+
+    ``items`` are whole where the plan is made. plan.json, the plan as the Commit reads it back,
+    holds each item without its file lists (``files``, ``next_cursor``: up to one name per data
+    file): the commit reads none of them, and the item and pack files the ingest reads hold every
+    item whole, so the file lists are written once. A plan read back therefore has items whose
+    ``files`` and ``next_cursor`` are None: enough to commit the run, not to ingest it.
+    """
+
     run_id: str
     created_at: str
     requested_load_type: str | None
@@ -167,12 +181,14 @@ class Plan:
         return alone + [list(tables) for tables in self.packs.values()]
 
     def to_json(self) -> dict[str, Any]:
+        """plan.json: the plan with each item's file lists replaced by ``file_count``."""
         return {
+            "format_version": PLAN_FORMAT,
             "run_id": self.run_id,
             "created_at": self.created_at,
             "requested_load_type": self.requested_load_type,
             "state_version": self.state_version,
-            "items": [item.to_json() for item in self.items],
+            "items": [_without_files(item) for item in self.items],
             "failed": self.failed,
             "skipped": self.skipped,
             "warnings": self.warnings,
@@ -183,7 +199,51 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
-        return cls(**{**data, "items": [WorkItem.from_json(item) for item in data["items"]]})
+        """The plan plan.json holds, its items without their file lists (see the class docstring).
+
+        Raises
+        ------
+        ConfigurationError
+            When the plan is of a format this version does not read (a newer one).
+        """
+        # Format 1 (no format_version) held whole items: reading them without their file lists
+        # gives what a format 2 plan gives. A later format may mean anything: refused.
+        version = data.get("format_version", 1) if isinstance(data, dict) else None
+        if version not in (1, PLAN_FORMAT):
+            run_id = data.get("run_id") if isinstance(data, dict) else None
+            raise ConfigurationError(
+                f"the plan of run {run_id!r} has format {version!r}; this cdc-pipeline reads plan formats 1 "
+                f"and {PLAN_FORMAT}. The Plan and the Commit come from different versions: deploy one "
+                "version of both and start a new run"
+            )
+        left_out = {*PER_FILE_FIELDS, "file_count"}
+        items = [
+            WorkItem.from_json({key: value for key, value in entry.items() if key not in left_out})
+            for entry in data["items"]
+        ]
+        return cls(
+            run_id=data["run_id"],
+            created_at=data["created_at"],
+            requested_load_type=data["requested_load_type"],
+            state_version=data["state_version"],
+            items=items,
+            failed=data["failed"],
+            skipped=data["skipped"],
+            warnings=data["warnings"],
+            unchanged=data.get("unchanged", []),
+            refreshed_cursors=data.get("refreshed_cursors", {}),
+            packs=data.get("packs", {}),
+        )
+
+
+def _without_files(item: WorkItem) -> dict[str, Any]:
+    """A work item as plan.json holds it: its file lists left out (never copied), their count kept."""
+    cleared: dict[str, Any] = dict.fromkeys(PER_FILE_FIELDS)
+    entry = replace(item, **cleared).to_json()
+    for name in PER_FILE_FIELDS:
+        del entry[name]
+    entry["file_count"] = None if item.files is None else len(item.files)
+    return entry
 
 
 def new_run_id(now: datetime | None = None) -> str:

@@ -10,7 +10,7 @@ import pytest
 from cdc_pipeline.arrivals import DataFile, FileCursor, FileListing
 from cdc_pipeline.catalog import CatalogTable, Column
 from cdc_pipeline.errors import ConfigurationError, TableError
-from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
+from cdc_pipeline.plan import PLAN_FORMAT, Layout, LoadType, Plan, plan_run
 from cdc_pipeline.registry import parse_registry
 from cdc_pipeline.state import StateDocument, TableState
 
@@ -255,11 +255,68 @@ def test_tables_filter_plans_only_those_and_rejects_unknown_names() -> None:
         make_plan(FakeCatalog(ORDERS), tables=["nope"])
 
 
-def test_plan_survives_a_json_round_trip() -> None:
+def test_a_plan_of_tables_read_by_watermark_survives_a_json_round_trip() -> None:
     state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z")})
     plan = make_plan(FakeCatalog(ORDERS, LINES, COUNTRIES, EVENTS), state)
 
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def plan_reading_files(count: int) -> Plan:
+    """A first plan of ``orders`` read by arrival from ``count`` files, and of ``countries`` (no files)."""
+    files = [(f"2026/01/01/{number:06d}.parquet", 10 * MINUTE) for number in range(count)]
+    catalog = FakeCatalog(ORDERS, COUNTRIES, listings={"orders": listing(*files, reference=110 * MINUTE)})
+    return make_plan(catalog)
+
+
+def test_plan_json_holds_each_items_file_count_not_its_file_lists() -> None:
+    plan = plan_reading_files(1_000)
+
+    entries = {entry["table"]: entry for entry in plan.to_json()["items"]}
+
+    assert plan.to_json()["format_version"] == PLAN_FORMAT
+    assert {name: entry["file_count"] for name, entry in entries.items()} == {
+        "orders": 1_000,
+        "countries": None,
+    }
+    assert not any(name in entry for entry in entries.values() for name in ("files", "next_cursor"))
+    # The item itself keeps them: the item and pack files are written from it.
+    assert len(items_by_table(plan)["orders"].files or []) == 1_000
+
+
+def test_plan_json_stays_the_same_size_however_many_files_a_table_has() -> None:
+    def size(plan: Plan) -> int:
+        return len(json.dumps(plan.to_json()))
+
+    # 1,000 times the files: only the digits of the file count and of the bytes to read grow.
+    assert size(plan_reading_files(10_000)) - size(plan_reading_files(10)) == 3 + 3
+
+
+def test_a_plan_read_back_is_the_plan_without_its_items_file_lists() -> None:
+    plan = plan_reading_files(3)
+
+    read = Plan.from_json(json.loads(json.dumps(plan.to_json())))
+
+    without_files = [replace(item, files=None, next_cursor=None) for item in plan.items]
+    assert read == replace(plan, items=without_files)
+
+
+def test_a_plan_written_before_plan_formats_holding_whole_items_is_read_as_one_of_this_format() -> None:
+    plan = plan_reading_files(3)
+    format_1 = {**plan.to_json(), "items": [item.to_json() for item in plan.items]}
+    del format_1["format_version"]
+
+    assert Plan.from_json(format_1) == Plan.from_json(plan.to_json())
+
+
+@pytest.mark.parametrize(
+    "document", [{"format_version": PLAN_FORMAT + 1, "run_id": "r9"}, ["not", "a", "plan"]]
+)
+def test_a_plan_of_a_newer_or_unknown_format_is_refused_naming_the_fix(document) -> None:
+    with pytest.raises(ConfigurationError, match="deploy one version of both") as refused:
+        Plan.from_json(document)
+
+    assert "plan formats 1 and 2" in str(refused.value)
 
 
 def test_watermark_column_that_is_a_partition_folder_key_fails_the_table_with_the_fix() -> None:
