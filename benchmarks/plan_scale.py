@@ -19,9 +19,11 @@ thread pools run inline so that one profiler sees every call, to split the time 
 botocore and the pipeline's own code.
 
 moto answers in-process, under the GIL, with costs of its own (each ListObjectsV2 scans the whole
-bucket), so the wall times are moto's, not AWS's. What carries over to AWS is the call counts, the
-sizes and the client's CPU time (the pipeline's plus botocore's); the projection to AWS printed
-at the end combines them with the latencies assumed in ``AwsLatency``.
+bucket), so the wall times are moto's, not AWS's. Its GetTables is made to answer in pages of 100
+tables with a NextToken, as AWS does (``--get-tables-page``; moto alone answers every table at once),
+so the plan reads the catalog page by page as it would on AWS. What carries over to AWS is the
+call counts, the sizes and the client's CPU time (the pipeline's plus botocore's); the projection
+to AWS printed at the end combines them with the latencies assumed in ``AwsLatency``.
 
 At 10,000 tables on 2 busy cores the whole benchmark takes about 25 minutes, mostly the traced and
 profiled passes; ``--no-memory --no-profile`` takes about 5.
@@ -47,6 +49,7 @@ import time
 import tracemalloc
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -240,6 +243,31 @@ def land(count: int, session: boto3.session.Session, pack_bytes: int = DEFAULT_P
     )
 
 
+@contextlib.contextmanager
+def get_tables_in_pages(page: int) -> Iterator[None]:
+    """moto's GetTables answering ``page`` tables at a time with a NextToken, as AWS does (moto
+    ignores MaxResults and answers every table at once); ``page`` 0 leaves moto as it is."""
+    if not page:
+        yield
+        return
+    from moto.core.responses import ActionResult
+    from moto.glue.responses import GlueResponse
+
+    def paged(response: Any) -> Any:
+        tables = response.glue_backend.get_tables(
+            response.parameters.get("DatabaseName"), response.parameters.get("Expression")
+        )
+        start = int(response.parameters.get("NextToken") or 0)
+        end = start + min(page, int(response.parameters.get("MaxResults") or page))
+        result: dict[str, Any] = {"TableList": [table.as_dict() for table in tables[start:end]]}
+        if end < len(tables):
+            result["NextToken"] = str(end)
+        return ActionResult(result)
+
+    with mock.patch.object(GlueResponse, "get_tables", paged):
+        yield
+
+
 def land_new_files(names: list[str]) -> None:
     for name in names:
         _s3_backend().put_object(RAW_BUCKET, f"raw/{name}/{NEW_FILE}", b"PAR1")
@@ -328,6 +356,9 @@ class ApiCalls:
             self.occupied_s: defaultdict[str, float] = defaultdict(float)
             self._in_flight_by_operation: Counter[str] = Counter()
             self._occupied_since: dict[str, float] = {}
+            # ListObjectsV2 calls started when the last GetTables page was asked for: the tables
+            # whose files were listed while the catalog was still being read.
+            self.lists_before_last_page = 0
 
     def _before(self, model: Any, context: dict[str, Any], **_: Any) -> None:
         operation = f"{model.service_model.service_id.hyphenize()}:{model.name}"
@@ -335,6 +366,8 @@ class ApiCalls:
         context["plan_scale_call"] = (operation, started)
         with self._lock:
             self.operations[operation] += 1
+            if operation == "glue:GetTables":
+                self.lists_before_last_page = self.operations["s3:ListObjectsV2"]
             self.threads.add(threading.get_ident())
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -359,6 +392,7 @@ class ApiCalls:
                 "operations": dict(sorted(self.operations.items())),
                 "calling_threads": len(self.threads),
                 "peak_in_flight": self.peak_in_flight,
+                "lists_before_last_get_tables_page": self.lists_before_last_page,
                 "mean_in_flight": sum(self.busy_s.values()) / wall_s if wall_s else 0.0,
                 "mean_in_flight_by_operation": {
                     operation: self.busy_s[operation] / occupied if occupied else 1.0
@@ -406,6 +440,17 @@ class _InlineExecutor:
 
     def map(self, function: Callable[..., Any], *iterables: Any) -> Iterator[Any]:
         return map(function, *iterables)
+
+    def submit(self, function: Callable[..., Any], *arguments: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(function(*arguments))
+        except Exception as exc:  # handed to the caller by result(), as a pool's future does
+            done.set_exception(exc)
+        return done
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
 
 
 def classify(filename: str) -> str:
@@ -660,6 +705,7 @@ def measure_plan(
     memory: bool,
     profile: bool,
     emulate: tuple[AwsLatency, int] | None = None,
+    get_tables_page: int = GLUE_GET_TABLES_PAGE,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The timed pass, then (when asked) the emulated-latency, the traced and the profiled ones;
     the timed pass's plan."""
@@ -667,7 +713,8 @@ def measure_plan(
     print(f"  {label}: timed {figures['wall_s']:.1f} s", flush=True)
     if emulate:
         latency, bound = emulate
-        pages = math.ceil(len(deployment.names) / GLUE_GET_TABLES_PAGE)
+        # When moto answers every table in one GetTables call, that call stands for all of AWS's pages.
+        pages = 1 if get_tables_page else math.ceil(len(deployment.names) / GLUE_GET_TABLES_PAGE)
         figures["emulated"], _ = timed_plan(deployment, calls, MotoClock(latency, bound, pages))
         figures["emulated"]["bound"] = ("low", "high")[bound]
         print(f"  {label}: with AWS latency emulated {figures['emulated']['wall_s']:.1f} s", flush=True)
@@ -728,6 +775,7 @@ def run(
     latency: AwsLatency | None = None,
     emulate: str | None = None,
     pack_bytes: int = DEFAULT_PACK_BYTES,
+    get_tables_page: int = GLUE_GET_TABLES_PAGE,
 ) -> dict[str, Any]:
     """The whole scenario in a fresh moto: land, full plan, commit, 5% new files, incremental plan.
 
@@ -747,6 +795,9 @@ def run(
     pack_bytes
         The plan's packing of small tables into shared Glue runs (0: one run, and one work item
         file, per table).
+    get_tables_page
+        How many tables moto's GetTables answers a page, as AWS does (0: every table in one page,
+        moto's own way and this benchmark's before the plan read the catalog in pages).
 
     Raises
     ------
@@ -767,9 +818,10 @@ def run(
         "tables": tables,
         "plan_threads": PLAN_THREADS,
         "io_threads": IO_THREADS,
+        "get_tables_page": get_tables_page,
         "load_average_start": os.getloadavg(),
     }
-    with mock_aws():
+    with mock_aws(), get_tables_in_pages(get_tables_page):
         started = time.perf_counter()
         deployment = land(tables, session, pack_bytes)
         results["land_s"] = time.perf_counter() - started
@@ -777,7 +829,13 @@ def run(
         plan_calls = ApiCalls([deployment.plan_s3, deployment.plan_glue])
 
         full, planned = measure_plan(
-            "full plan", deployment, plan_calls, memory=memory, profile=profile, emulate=emulation
+            "full plan",
+            deployment,
+            plan_calls,
+            memory=memory,
+            profile=profile,
+            emulate=emulation,
+            get_tables_page=get_tables_page,
         )
         items = work_items(planned)
         check_plan(
@@ -810,7 +868,13 @@ def run(
         changed = changed_tables(deployment.names)
         land_new_files(changed)
         incremental, planned = measure_plan(
-            "incremental plan", deployment, plan_calls, memory=memory, profile=profile, emulate=emulation
+            "incremental plan",
+            deployment,
+            plan_calls,
+            memory=memory,
+            profile=profile,
+            emulate=emulation,
+            get_tables_page=get_tables_page,
         )
         check_plan(
             "incremental",
@@ -831,29 +895,38 @@ def run(
 def project(figures: dict[str, Any], tables: int, latency: AwsLatency) -> dict[str, Any]:
     """The plan's time on AWS, low and high, from its call counts and the client's CPU time.
 
-    Sequential: the registry and state reads, ``ceil(tables / 100)`` GetTables pages, plan.json and
-    items.json. In parallel: one ListObjectsV2 per table on ``PLAN_THREADS`` threads, one PutObject
-    per work item on ``IO_THREADS``. The client's CPU (the pipeline's and botocore's, which the GIL
-    serialises) is the timed pass's CPU time less moto's (``MotoClock``). Low: the CPU overlaps the
-    waits entirely; high: not at all.
+    Sequential: the registry and state reads, plan.json and items.json. The ``ceil(tables / 100)``
+    GetTables pages follow one another; one ListObjectsV2 per table runs on ``PLAN_THREADS``
+    threads, either once the last page is in (as the plan did before it read the catalog in pages)
+    or, when the pass measured listings started before the last page was asked for, as each page
+    arrives: then whichever is longer, the pages or the listings, bounds it. One PutObject per work
+    item or pack runs on ``IO_THREADS``. The client's CPU (the pipeline's and botocore's, which the
+    GIL serialises) is the timed pass's CPU time less moto's (``MotoClock``). Low: the CPU overlaps
+    the waits entirely; high: not at all.
     """
     operations = figures["operations"]
     pages = math.ceil(tables / GLUE_GET_TABLES_PAGE)
     lists = operations.get("s3:ListObjectsV2", 0) - 1  # one lists the registry
     puts = operations.get("s3:PutObject", 0) - 2  # plan.json and items.json are written alone
     documents_mib = (figures["plan_bytes"] + figures["items_bytes"]) / MIB
+    # The registry's listing comes before the catalog's: more than that one means pipelining.
+    pipelined = figures.get("lists_before_last_get_tables_page", 0) > 1
 
     def bound(index: int) -> float:
-        sequential = (
+        page_s, list_s = latency.glue_get_tables_page_s[index], latency.s3_list_s[index]
+        if pipelined:
+            last_page = min(GLUE_GET_TABLES_PAGE, lists)
+            catalog_and_files = max(
+                pages * page_s + last_page * list_s / PLAN_THREADS, page_s + lists * list_s / PLAN_THREADS
+            )
+        else:
+            catalog_and_files = pages * page_s + lists * list_s / PLAN_THREADS
+        return (
             2 * latency.s3_get_s[index]  # registry, state
             + latency.s3_list_s[index]  # the registry's prefix
-            + pages * latency.glue_get_tables_page_s[index]
+            + catalog_and_files
             + 2 * latency.s3_put_s[index]
             + documents_mib / latency.s3_throughput_mib_s
-        )
-        return (
-            sequential
-            + lists * latency.s3_list_s[index] / PLAN_THREADS
             + puts * latency.s3_put_s[index] / IO_THREADS
         )
 
@@ -861,6 +934,7 @@ def project(figures: dict[str, Any], tables: int, latency: AwsLatency) -> dict[s
     cpu = figures["client_cpu_s"]
     return {
         "get_tables_pages": pages,
+        "pipelined": pipelined,
         "network_low_s": low,
         "network_high_s": high,
         "client_cpu_s": cpu,
@@ -953,6 +1027,14 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         ("  by operation", *both(calls)),
         ("calling threads", *both(lambda f: str(f["calling_threads"]))),
         (
+            "listings begun before the last GetTables page",
+            *both(
+                optional(
+                    ("lists_before_last_get_tables_page",), lambda v: f"{v:,} (the registry's among them)"
+                )
+            ),
+        ),
+        (
             "calls in flight: peak / mean",
             *both(lambda f: f"{f['peak_in_flight']} / {f['mean_in_flight']:.1f}"),
         ),
@@ -979,8 +1061,11 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         ("  of which, cumulative (s)", *both(optional(("profile", "split_s"), split))),
         (
             "AWS: GetTables pages",
-            str(aws["full"]["get_tables_pages"]),
-            str(aws["incremental"]["get_tables_pages"]),
+            *(
+                f"{aws[kind]['get_tables_pages']} "
+                f"({'overlapping' if aws[kind].get('pipelined') else 'before'} the listings)"
+                for kind in ("full", "incremental")
+            ),
         ),
         (
             "AWS: network-bound time (s)",
@@ -1003,7 +1088,10 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"Plan of {results['tables']:,} Glue tables on moto {env['moto']} ({env['cores']} cores, Python "
         f"{env['python']}, boto3 {env['boto3']}, code {env['git']}); PLAN_THREADS {results['plan_threads']}, "
-        f"IO_THREADS {results['io_threads']}"
+        f"IO_THREADS {results['io_threads']}; GetTables pages of "
+        f"{results.get('get_tables_page') or 'every table (moto)'}; load average at start "
+        f"{', '.join(f'{load:.2f}' for load in results['load_average_start'])}, at end "
+        f"{', '.join(f'{load:.2f}' for load in results['load_average_end'])}"
     )
     headers = ("figure", "full plan", f"incremental ({results['incremental']['changed_tables']:,} changed)")
     rows = [headers, *table_rows(results)]
@@ -1042,6 +1130,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_PACK_BYTES // MIB,
         help="pack small tables into shared Glue runs up to this many MiB (0: one run per table)",
     )
+    parser.add_argument(
+        "--get-tables-page",
+        type=int,
+        default=GLUE_GET_TABLES_PAGE,
+        help=f"tables per moto GetTables page (default {GLUE_GET_TABLES_PAGE}, as AWS; 0: all in one page, "
+        "moto's own way)",
+    )
     args = parser.parse_args(argv)
     if args.tables < 20:
         parser.error("--tables must be at least 20 (5% of them change)")
@@ -1067,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=not args.no_profile,
             emulate=args.emulate_latency,
             pack_bytes=args.pack_mib * MIB,
+            get_tables_page=args.get_tables_page,
         )
     except BenchmarkError as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, FileCursor, settle_micros
-from cdc_pipeline.catalog import Catalog, CatalogTable
+from cdc_pipeline.catalog import Catalog, CatalogTable, table_name_pages
 from cdc_pipeline.errors import ConfigurationError, TableError
 from cdc_pipeline.registry import IncrementalBy, Registry, TableSettings
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, normalise_type, resolve
@@ -266,24 +266,14 @@ def plan_run(
     settle_window: str = DEFAULT_SETTLE_WINDOW,
 ) -> Plan:
     """One work item per table of the catalog (or of ``tables``) with something to read, with every
-    fallback explained; tables with no new file are listed as unchanged."""
-    settle = settle_micros(settle_window)
-    available = catalog.table_names()
-    if tables:
-        unknown = sorted(set(tables) - set(available))
-        if unknown:
-            raise ConfigurationError(
-                f"--tables names {', '.join(unknown)}, which the source does not hold; "
-                f"its tables are: {', '.join(available) or '(none)'}"
-            )
-        selected = [name for name in available if name in set(tables)]
-    else:
-        selected = available
+    fallback explained; tables with no new file are listed as unchanged.
 
-    warnings = [
-        f"registry names table {name!r}, which the source does not hold; check the name"
-        for name in sorted(set(registry.tables) - {name.lower() for name in available})
-    ]
+    Tables are planned on ``PLAN_THREADS`` threads as the catalog's pages of names arrive (a paged
+    catalog such as Glue's), so listing their files overlaps listing the catalog; the plan holds
+    them in name order whatever order they were listed and planned in.
+    """
+    settle = settle_micros(settle_window)
+    wanted = set(tables) if tables else None
 
     def plan_table(name: str) -> WorkItem | _Unchanged | str | TableError:
         try:
@@ -300,8 +290,31 @@ def plan_run(
         except TableError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=PLAN_THREADS, thread_name_prefix="plan") as pool:
-        decisions = list(pool.map(plan_table, selected))
+    available: set[str] = set()
+    planning: dict[str, Future[WorkItem | _Unchanged | str | TableError]] = {}
+    pool = ThreadPoolExecutor(max_workers=PLAN_THREADS, thread_name_prefix="plan")
+    try:
+        for page in table_name_pages(catalog):
+            available.update(page)
+            for name in page:
+                if (wanted is None or name in wanted) and name not in planning:
+                    planning[name] = pool.submit(plan_table, name)
+        unknown = sorted(wanted - available) if wanted else []
+        if unknown:
+            raise ConfigurationError(
+                f"--tables names {', '.join(unknown)}, which the source does not hold; "
+                f"its tables are: {', '.join(sorted(available)) or '(none)'}"
+            )
+        selected = sorted(planning)
+        decisions = [planning[name].result() for name in selected]
+    finally:
+        # On an error, tables not started yet are not planned for nothing.
+        pool.shutdown(cancel_futures=True)
+
+    warnings = [
+        f"registry names table {name!r}, which the source does not hold; check the name"
+        for name in sorted(set(registry.tables) - {name.lower() for name in available})
+    ]
 
     items: list[WorkItem] = []
     failed: dict[str, str] = {}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 
@@ -51,6 +54,17 @@ class FakeCatalog:
         if table.format == "broken":
             raise TableError(name, "file x.parquet is not readable Parquet")
         return table
+
+
+class PagedFakeCatalog(FakeCatalog):
+    """The same tables, listed in ``pages`` of names in the order given (as Glue's GetTables pages)."""
+
+    def __init__(self, pages: list[list[str]], *tables: CatalogTable, **kwargs) -> None:
+        super().__init__(*tables, **kwargs)
+        self.pages = pages
+
+    def table_name_pages(self) -> Iterator[list[str]]:
+        yield from self.pages
 
 
 def table(name: str, *columns: tuple[str, str], has_data: bool = True, fmt: str = "parquet") -> CatalogTable:
@@ -247,12 +261,76 @@ def test_registry_entries_for_tables_the_source_lacks_are_warned() -> None:
     assert any("'gone'" in warning for warning in plan.warnings)
 
 
-def test_tables_filter_plans_only_those_and_rejects_unknown_names() -> None:
-    plan = make_plan(FakeCatalog(ORDERS, COUNTRIES, EVENTS), tables=["events", "orders"])
-    assert [item.table for item in plan.items] == ["events", "orders"]
+@pytest.mark.parametrize("paged", [False, True], ids=["listed-at-once", "listed-in-pages"])
+def test_tables_filter_plans_only_those_and_rejects_unknown_names(paged: bool) -> None:
+    def catalog(*tables: CatalogTable) -> FakeCatalog:
+        if paged:
+            return PagedFakeCatalog([[t.name] for t in reversed(tables)], *tables)
+        return FakeCatalog(*tables)
 
-    with pytest.raises(ConfigurationError, match="--tables names nope"):
-        make_plan(FakeCatalog(ORDERS), tables=["nope"])
+    events_and_orders = catalog(ORDERS, COUNTRIES, EVENTS)
+    plan = make_plan(events_and_orders, tables=["events", "orders"])
+    assert [item.table for item in plan.items] == ["events", "orders"]
+    assert {name for name, _ in events_and_orders.listed} == {"events", "orders"}
+
+    with pytest.raises(
+        ConfigurationError,
+        match="--tables names nope, which the source does not hold; its tables are: countries, orders",
+    ):
+        make_plan(catalog(ORDERS, COUNTRIES), tables=["nope", "orders"])
+
+
+def test_the_plan_holds_its_tables_in_name_order_whatever_order_the_pages_list_them_in() -> None:
+    tables = (ORDERS, LINES, COUNTRIES, table("unlisted", has_data=False), table("broken", fmt="broken"))
+    pages = [["orders", "unlisted"], ["order_lines", "broken"], ["countries"]]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    plan = make_plan(PagedFakeCatalog(pages, *tables), now=now)
+
+    assert [item.table for item in plan.items] == ["countries", "order_lines", "orders"]
+    assert (list(plan.failed), list(plan.skipped)) == (["broken"], ["unlisted"])
+    assert plan == make_plan(FakeCatalog(*tables), now=now)  # as if listed at once, in name order
+
+
+class WaitingCatalog(PagedFakeCatalog):
+    """Hands on its second page only once a table of the first has had its files listed (or after
+    ``patience`` seconds, so that a plan waiting for every page before planning fails, not hangs)."""
+
+    patience = 30.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_page_planned = threading.Event()
+        self.planned_before_second_page: bool | None = None
+
+    def list_files(self, name: str, start_after: str | None = None) -> FileListing | None:
+        if name in self.pages[0]:
+            self.first_page_planned.set()
+        return super().list_files(name, start_after)
+
+    def table_name_pages(self) -> Iterator[list[str]]:
+        yield self.pages[0]
+        self.planned_before_second_page = self.first_page_planned.wait(self.patience)
+        yield from self.pages[1:]
+
+
+def test_the_tables_of_a_page_are_planned_while_the_catalog_reads_its_next_page() -> None:
+    catalog = WaitingCatalog([["orders"], ["countries"]], ORDERS, COUNTRIES)
+
+    plan = make_plan(catalog)
+
+    assert catalog.planned_before_second_page is True
+    assert [item.table for item in plan.items] == ["countries", "orders"]
+
+
+def test_a_catalog_failing_on_a_later_page_fails_the_plan() -> None:
+    class FailingCatalog(PagedFakeCatalog):
+        def table_name_pages(self) -> Iterator[list[str]]:
+            yield ["orders"]
+            raise ConfigurationError("access to Glue database 'raw' denied")
+
+    with pytest.raises(ConfigurationError, match="denied"):
+        make_plan(FailingCatalog([], ORDERS, COUNTRIES))
 
 
 def test_a_plan_of_tables_read_by_watermark_survives_a_json_round_trip() -> None:
