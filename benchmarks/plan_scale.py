@@ -74,6 +74,7 @@ from cdc_pipeline.manifest import SUCCEEDED, Manifest
 from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB, Pack
 from cdc_pipeline.plan import PLAN_THREADS, WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
+from cdc_pipeline.stages import EARLY_WRITE_THREADS
 from cdc_pipeline.tasks import commit_task, plan_task
 
 REGION = "eu-west-1"
@@ -357,8 +358,10 @@ class ApiCalls:
             self._in_flight_by_operation: Counter[str] = Counter()
             self._occupied_since: dict[str, float] = {}
             # ListObjectsV2 calls started when the last GetTables page was asked for: the tables
-            # whose files were listed while the catalog was still being read.
+            # whose files were listed while the catalog was still being read. PutObject calls
+            # started when the last ListObjectsV2 was: work items written while tables were listed.
             self.lists_before_last_page = 0
+            self.puts_before_last_list = 0
 
     def _before(self, model: Any, context: dict[str, Any], **_: Any) -> None:
         operation = f"{model.service_model.service_id.hyphenize()}:{model.name}"
@@ -368,6 +371,8 @@ class ApiCalls:
             self.operations[operation] += 1
             if operation == "glue:GetTables":
                 self.lists_before_last_page = self.operations["s3:ListObjectsV2"]
+            if operation == "s3:ListObjectsV2":
+                self.puts_before_last_list = self.operations["s3:PutObject"]
             self.threads.add(threading.get_ident())
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -393,6 +398,7 @@ class ApiCalls:
                 "calling_threads": len(self.threads),
                 "peak_in_flight": self.peak_in_flight,
                 "lists_before_last_get_tables_page": self.lists_before_last_page,
+                "puts_before_last_list": self.puts_before_last_list,
                 "mean_in_flight": sum(self.busy_s.values()) / wall_s if wall_s else 0.0,
                 "mean_in_flight_by_operation": {
                     operation: self.busy_s[operation] / occupied if occupied else 1.0
@@ -818,6 +824,7 @@ def run(
         "tables": tables,
         "plan_threads": PLAN_THREADS,
         "io_threads": IO_THREADS,
+        "early_write_threads": EARLY_WRITE_THREADS,
         "get_tables_page": get_tables_page,
         "load_average_start": os.getloadavg(),
     }
@@ -900,7 +907,9 @@ def project(figures: dict[str, Any], tables: int, latency: AwsLatency) -> dict[s
     threads, either once the last page is in (as the plan did before it read the catalog in pages)
     or, when the pass measured listings started before the last page was asked for, as each page
     arrives: then whichever is longer, the pages or the listings, bounds it. One PutObject per work
-    item or pack runs on ``IO_THREADS``. The client's CPU (the pipeline's and botocore's, which the
+    item or pack: those the pass measured begun while tables were still listed (work items of
+    tables with a Glue run of their own) run on ``EARLY_WRITE_THREADS`` beside the listings, the
+    rest on ``IO_THREADS`` after them. The client's CPU (the pipeline's and botocore's, which the
     GIL serialises) is the timed pass's CPU time less moto's (``MotoClock``). Low: the CPU overlaps
     the waits entirely; high: not at all.
     """
@@ -908,26 +917,32 @@ def project(figures: dict[str, Any], tables: int, latency: AwsLatency) -> dict[s
     pages = math.ceil(tables / GLUE_GET_TABLES_PAGE)
     lists = operations.get("s3:ListObjectsV2", 0) - 1  # one lists the registry
     puts = operations.get("s3:PutObject", 0) - 2  # plan.json and items.json are written alone
+    early_puts = figures.get("puts_before_last_list", 0)
     documents_mib = (figures["plan_bytes"] + figures["items_bytes"]) / MIB
     # The registry's listing comes before the catalog's: more than that one means pipelining.
     pipelined = figures.get("lists_before_last_get_tables_page", 0) > 1
 
     def bound(index: int) -> float:
         page_s, list_s = latency.glue_get_tables_page_s[index], latency.s3_list_s[index]
+        put_s = latency.s3_put_s[index]
         if pipelined:
             last_page = min(GLUE_GET_TABLES_PAGE, lists)
             catalog_and_files = max(
-                pages * page_s + last_page * list_s / PLAN_THREADS, page_s + lists * list_s / PLAN_THREADS
+                pages * page_s + last_page * list_s / PLAN_THREADS,
+                page_s + lists * list_s / PLAN_THREADS,
+                early_puts * put_s / EARLY_WRITE_THREADS,
             )
         else:
-            catalog_and_files = pages * page_s + lists * list_s / PLAN_THREADS
+            catalog_and_files = (
+                pages * page_s + lists * list_s / PLAN_THREADS + early_puts * put_s / IO_THREADS
+            )
         return (
             2 * latency.s3_get_s[index]  # registry, state
             + latency.s3_list_s[index]  # the registry's prefix
             + catalog_and_files
-            + 2 * latency.s3_put_s[index]
+            + 2 * put_s
             + documents_mib / latency.s3_throughput_mib_s
-            + puts * latency.s3_put_s[index] / IO_THREADS
+            + (puts - early_puts) * put_s / IO_THREADS
         )
 
     low, high = bound(0), bound(1)
@@ -1035,6 +1050,10 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
             ),
         ),
         (
+            "work item writes begun before the last listing",
+            *both(optional(("puts_before_last_list",), lambda v: f"{v:,}")),
+        ),
+        (
             "calls in flight: peak / mean",
             *both(lambda f: f"{f['peak_in_flight']} / {f['mean_in_flight']:.1f}"),
         ),
@@ -1088,7 +1107,8 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"Plan of {results['tables']:,} Glue tables on moto {env['moto']} ({env['cores']} cores, Python "
         f"{env['python']}, boto3 {env['boto3']}, code {env['git']}); PLAN_THREADS {results['plan_threads']}, "
-        f"IO_THREADS {results['io_threads']}; GetTables pages of "
+        f"IO_THREADS {results['io_threads']}, EARLY_WRITE_THREADS {results.get('early_write_threads')}; "
+        "GetTables pages of "
         f"{results.get('get_tables_page') or 'every table (moto)'}; load average at start "
         f"{', '.join(f'{load:.2f}' for load in results['load_average_start'])}, at end "
         f"{', '.join(f'{load:.2f}' for load in results['load_average_end'])}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -270,20 +271,23 @@ def plan_run(
     tables: list[str] | None = None,
     now: datetime | None = None,
     settle_window: str = DEFAULT_SETTLE_WINDOW,
+    planned: Callable[[WorkItem], None] | None = None,
 ) -> Plan:
     """One work item per table of the catalog (or of ``tables``) with something to read, with every
     fallback explained; tables with no new file are listed as unchanged.
 
     Tables are planned on ``PLAN_THREADS`` threads as the catalog's pages of names arrive (a paged
     catalog such as Glue's), so listing their files overlaps listing the catalog; the plan holds
-    them in name order whatever order they were listed and planned in.
+    them in name order whatever order they were listed and planned in. ``planned`` is called with
+    each work item as soon as it is made, on the thread that made it (the plan stage starts
+    writing it there); an error it raises fails the plan.
     """
     settle = settle_micros(settle_window)
     wanted = set(tables) if tables else None
 
     def plan_table(name: str) -> WorkItem | _Unchanged | str | TableError:
         try:
-            return _plan_table(
+            decision = _plan_table(
                 name,
                 catalog=catalog,
                 registry=registry,
@@ -295,6 +299,9 @@ def plan_run(
             )
         except TableError as exc:
             return exc
+        if planned is not None and isinstance(decision, WorkItem):
+            planned(decision)
+        return decision
 
     available: set[str] = set()
     planning: dict[str, Future[WorkItem | _Unchanged | str | TableError]] = {}

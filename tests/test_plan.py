@@ -13,18 +13,21 @@ import pytest
 from cdc_pipeline.arrivals import DataFile, FileCursor, FileListing
 from cdc_pipeline.catalog import CatalogTable, Column
 from cdc_pipeline.errors import ConfigurationError, TableError
-from cdc_pipeline.plan import PLAN_FORMAT, Layout, LoadType, Plan, plan_run
-from cdc_pipeline.registry import parse_registry
-from cdc_pipeline.state import StateDocument, TableState
+from cdc_pipeline.packs import Pack
+from cdc_pipeline.plan import PLAN_FORMAT, Layout, LoadType, Plan, WorkItem, plan_run
+from cdc_pipeline.registry import LocalRegistrySource, parse_registry
+from cdc_pipeline.stages import plan_stage
+from cdc_pipeline.state import LocalStateStore, StateDocument, TableState
+from cdc_pipeline.storage import LocalStorage
 
-REGISTRY = parse_registry(
+REGISTRY_CSV = (
     "table_name,primary_key,watermark_column,sequence_column,delete_column,delete_values,lookback\n"
     "orders,order_id,,,Op,D,PT10M\n"
     'order_lines,"order_id,line_no",changed_at,seq,,,\n'
     "countries,code,,,,,\n"
-    "gone,id,,,,,\n",
-    "registry.csv",
+    "gone,id,,,,,\n"
 )
+REGISTRY = parse_registry(REGISTRY_CSV, "registry.csv")
 LAYOUT = Layout(output_path="/lake/current", cdc_path="/lake/state")
 
 
@@ -293,18 +296,20 @@ def test_the_plan_holds_its_tables_in_name_order_whatever_order_the_pages_list_t
 
 
 class WaitingCatalog(PagedFakeCatalog):
-    """Hands on its second page only once a table of the first has had its files listed (or after
-    ``patience`` seconds, so that a plan waiting for every page before planning fails, not hangs)."""
+    """Hands on its second page only once a table of the first has had its files listed, or
+    ``until`` is set (or after ``patience`` seconds, so that a plan that would wait for every page
+    first fails rather than hangs)."""
 
     patience = 30.0
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, until: threading.Event | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.first_page_planned = threading.Event()
+        self.until = until
+        self.first_page_planned = until or threading.Event()
         self.planned_before_second_page: bool | None = None
 
     def list_files(self, name: str, start_after: str | None = None) -> FileListing | None:
-        if name in self.pages[0]:
+        if name in self.pages[0] and self.until is None:
             self.first_page_planned.set()
         return super().list_files(name, start_after)
 
@@ -594,3 +599,95 @@ def test_an_unchanged_table_whose_cursor_can_forget_many_settled_files_gets_it_r
     assert (soon.unchanged, soon.refreshed_cursors) == (["orders"], {})
     assert later.unchanged == ["orders"]
     assert FileCursor.from_json(later.refreshed_cursors["orders"]) == FileCursor(mark=185 * MINUTE)
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan stage: plan, item and pack files
+# ----------------------------------------------------------------------------------------------
+
+
+class RecordingStorage(LocalStorage):
+    """Local files, and the order they were written in; ``item_written`` once a work item's is."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.item_written = threading.Event()
+
+    def write_json(self, location: str, data) -> None:
+        super().write_json(location, data)
+        self.written.append(location)
+        if "/items/" in location:
+            self.item_written.set()
+
+
+def stage(tmp_path, catalog: FakeCatalog, storage: RecordingStorage, pack_bytes: int) -> tuple[Plan, Layout]:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "tables.csv").write_text(REGISTRY_CSV)
+    layout = Layout(output_path=str(tmp_path / "current"), cdc_path=str(tmp_path / "state"))
+    plan = plan_stage(
+        catalog=catalog,
+        registry_source=LocalRegistrySource(registry),
+        state_store=LocalStateStore(tmp_path / "state"),
+        storage=storage,
+        layout=layout,
+        run_id="r1",
+        pack_bytes=pack_bytes,
+    )
+    return plan, layout
+
+
+def sized(*files: tuple[str, int]) -> FileListing:
+    return FileListing("/raw/t", tuple(DataFile(path, size, MINUTE) for path, size in files), 60 * MINUTE)
+
+
+def test_a_table_with_a_glue_run_of_its_own_has_its_work_item_written_while_the_catalog_is_still_listed(
+    tmp_path,
+) -> None:
+    storage = RecordingStorage()
+    catalog = WaitingCatalog(
+        [["orders"], ["countries"]],
+        ORDERS,
+        COUNTRIES,
+        listings={"orders": sized(("a.parquet", 10)), "countries": sized(("b.parquet", 10))},
+        until=storage.item_written,
+    )
+
+    plan, layout = stage(tmp_path, catalog, storage, pack_bytes=0)  # no packing: every table alone
+
+    assert catalog.planned_before_second_page is True
+    assert [item.table for item in plan.items] == ["countries", "orders"]
+    assert storage.written[0] == layout.item("orders", "r1")
+    assert storage.written[-2:] == [layout.plan("r1"), layout.items("r1")]
+
+
+def test_packed_tables_are_written_once_every_item_exists_and_the_map_lists_runs_in_pack_order(
+    tmp_path,
+) -> None:
+    storage = RecordingStorage()
+    listings = {
+        "orders": sized(("big.parquet", 5_000)),  # over pack_bytes: a Glue run of its own, early
+        "order_lines": sized(("a.parquet", 100)),
+        "countries": sized(("b.parquet", 200)),
+    }
+    catalog = PagedFakeCatalog(
+        [["orders", "order_lines"], ["countries"]], ORDERS, LINES, COUNTRIES, listings=listings
+    )
+
+    plan, layout = stage(tmp_path, catalog, storage, pack_bytes=1_000)
+
+    pack_file = layout.pack(1, "r1")
+    assert plan.packs == {pack_file: ["countries", "order_lines"]}
+    assert LocalStorage().read_json(layout.items("r1")) == [
+        {"table": "orders", "work_item_location": layout.item("orders", "r1")},
+        {"table": "pack-0001 (2 tables)", "work_item_location": pack_file},
+    ]
+    assert storage.written == [layout.item("orders", "r1"), layout.plan("r1"), pack_file, layout.items("r1")]
+    # Each file holds its items whole, file lists and all, as planned.
+    by_table = items_by_table(plan)
+    assert WorkItem.from_json(LocalStorage().read_json(layout.item("orders", "r1"))) == by_table["orders"]
+    assert Pack.from_json(LocalStorage().read_json(pack_file)).items == [
+        by_table["countries"],
+        by_table["order_lines"],
+    ]
+    assert by_table["orders"].files == ["big.parquet"]

@@ -34,6 +34,7 @@ from cdc_pipeline.aws.glue import PUBLISH_THREADS
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.packs import PACK_MAX_TABLES
 from cdc_pipeline.plan import PLAN_THREADS
+from cdc_pipeline.stages import EARLY_WRITE_THREADS
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = 1_000
@@ -58,8 +59,9 @@ def test_client_config_refuses_a_client_shared_by_no_thread() -> None:
 
 
 def test_each_lambda_client_is_sized_for_every_pool_that_shares_it() -> None:
-    # The Plan's S3 client lists tables (PLAN_THREADS), then writes work items (IO_THREADS).
-    assert max(PLAN_THREADS, IO_THREADS) <= PLAN_S3_THREADS
+    # The Plan's S3 client lists tables (PLAN_THREADS) while it writes the work items of tables with
+    # a Glue run of their own (EARLY_WRITE_THREADS), then writes the rest (IO_THREADS).
+    assert max(PLAN_THREADS + EARLY_WRITE_THREADS, IO_THREADS) <= PLAN_S3_THREADS
     assert PLAN_GLUE_THREADS >= PLAN_THREADS
     assert COMMIT_S3_THREADS >= IO_THREADS
     assert COMMIT_GLUE_THREADS >= PUBLISH_THREADS
@@ -239,12 +241,13 @@ def test_an_incremental_plan_after_5_percent_got_a_new_file_plans_those_and_list
 
 def test_with_aws_latency_the_plan_keeps_each_thread_pool_busy(boto_session: Any) -> None:
     # moto answers at once and under the GIL, so only held-back answers show the threads overlapping
-    # their waits: listings on PLAN_THREADS, work item writes on IO_THREADS (one file per table
-    # without packing).
+    # their waits: listings on PLAN_THREADS, and without packing every table's work item file
+    # written on EARLY_WRITE_THREADS while tables are still being listed.
     emulated = plan_scale.run(
         200, memory=False, profile=False, session=boto_session, emulate="high", pack_bytes=0
     )
 
-    in_flight = emulated["full"]["emulated"]["mean_in_flight_by_operation"]
-    assert in_flight["s3:ListObjectsV2"] > PLAN_THREADS / 2
-    assert in_flight["s3:PutObject"] > IO_THREADS / 2
+    full = emulated["full"]["emulated"]
+    assert full["mean_in_flight_by_operation"]["s3:ListObjectsV2"] > PLAN_THREADS / 2
+    assert full["mean_in_flight_by_operation"]["s3:PutObject"] > EARLY_WRITE_THREADS / 2
+    assert full["puts_before_last_list"] > 0
