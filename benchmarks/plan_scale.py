@@ -19,9 +19,11 @@ thread pools run inline so that one profiler sees every call, to split the time 
 botocore and the pipeline's own code.
 
 moto answers in-process, under the GIL, with costs of its own (each ListObjectsV2 scans the whole
-bucket), so the wall times are moto's, not AWS's. What carries over to AWS is the call counts, the
-sizes and the client's CPU time (the pipeline's plus botocore's); the projection to AWS printed
-at the end combines them with the latencies assumed in ``AwsLatency``.
+bucket), so the wall times are moto's, not AWS's. Its GetTables is made to answer in pages of 100
+tables with a NextToken, as AWS does (``--get-tables-page``; moto alone answers every table at once),
+so the plan reads the catalog page by page as it would on AWS. What carries over to AWS is the
+call counts, the sizes and the client's CPU time (the pipeline's plus botocore's); the projection
+to AWS printed at the end combines them with the latencies assumed in ``AwsLatency``.
 
 At 10,000 tables on 2 busy cores the whole benchmark takes about 25 minutes, mostly the traced and
 profiled passes; ``--no-memory --no-profile`` takes about 5.
@@ -47,6 +49,7 @@ import time
 import tracemalloc
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,9 +71,10 @@ from cdc_pipeline.aws.glue import GlueCatalog, GlueOutputCatalog
 from cdc_pipeline.aws.s3 import S3RegistrySource, S3StateStore, S3Storage, parse_s3_uri
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.manifest import SUCCEEDED, Manifest
-from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
+from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB, Pack
 from cdc_pipeline.plan import PLAN_THREADS, WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
+from cdc_pipeline.stages import EARLY_WRITE_THREADS
 from cdc_pipeline.tasks import commit_task, plan_task
 
 REGION = "eu-west-1"
@@ -240,6 +244,31 @@ def land(count: int, session: boto3.session.Session, pack_bytes: int = DEFAULT_P
     )
 
 
+@contextlib.contextmanager
+def get_tables_in_pages(page: int) -> Iterator[None]:
+    """moto's GetTables answering ``page`` tables at a time with a NextToken, as AWS does (moto
+    ignores MaxResults and answers every table at once); ``page`` 0 leaves moto as it is."""
+    if not page:
+        yield
+        return
+    from moto.core.responses import ActionResult
+    from moto.glue.responses import GlueResponse
+
+    def paged(response: Any) -> Any:
+        tables = response.glue_backend.get_tables(
+            response.parameters.get("DatabaseName"), response.parameters.get("Expression")
+        )
+        start = int(response.parameters.get("NextToken") or 0)
+        end = start + min(page, int(response.parameters.get("MaxResults") or page))
+        result: dict[str, Any] = {"TableList": [table.as_dict() for table in tables[start:end]]}
+        if end < len(tables):
+            result["NextToken"] = str(end)
+        return ActionResult(result)
+
+    with mock.patch.object(GlueResponse, "get_tables", paged):
+        yield
+
+
 def land_new_files(names: list[str]) -> None:
     for name in names:
         _s3_backend().put_object(RAW_BUCKET, f"raw/{name}/{NEW_FILE}", b"PAR1")
@@ -251,9 +280,15 @@ def _object(location: str) -> Any:
 
 
 def work_items(planned: dict[str, Any]) -> list[WorkItem]:
-    """The plan's work items, read from moto's backend (no API call is counted)."""
-    plan = json.loads(_object(planned["plan_location"]).value)
-    return [WorkItem.from_json(item) for item in plan["items"]]
+    """The plan's work items, whole, as the Glue runs read them: from the item and pack files that
+    items.json names (plan.json holds them without their file lists). Read from moto's backend, so
+    no API call is counted."""
+    runs = json.loads(_object(f"s3://{planned['items_bucket']}/{planned['items_key']}").value)
+    items: list[WorkItem] = []
+    for run in runs:
+        data = json.loads(_object(run["work_item_location"]).value)
+        items += Pack.from_json(data).items if Pack.is_pack(data) else [WorkItem.from_json(data)]
+    return items
 
 
 def ingest_stand_in(items: list[WorkItem]) -> None:
@@ -322,6 +357,11 @@ class ApiCalls:
             self.occupied_s: defaultdict[str, float] = defaultdict(float)
             self._in_flight_by_operation: Counter[str] = Counter()
             self._occupied_since: dict[str, float] = {}
+            # ListObjectsV2 calls started when the last GetTables page was asked for: the tables
+            # whose files were listed while the catalog was still being read. PutObject calls
+            # started when the last ListObjectsV2 was: work items written while tables were listed.
+            self.lists_before_last_page = 0
+            self.puts_before_last_list = 0
 
     def _before(self, model: Any, context: dict[str, Any], **_: Any) -> None:
         operation = f"{model.service_model.service_id.hyphenize()}:{model.name}"
@@ -329,6 +369,10 @@ class ApiCalls:
         context["plan_scale_call"] = (operation, started)
         with self._lock:
             self.operations[operation] += 1
+            if operation == "glue:GetTables":
+                self.lists_before_last_page = self.operations["s3:ListObjectsV2"]
+            if operation == "s3:ListObjectsV2":
+                self.puts_before_last_list = self.operations["s3:PutObject"]
             self.threads.add(threading.get_ident())
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -353,6 +397,8 @@ class ApiCalls:
                 "operations": dict(sorted(self.operations.items())),
                 "calling_threads": len(self.threads),
                 "peak_in_flight": self.peak_in_flight,
+                "lists_before_last_get_tables_page": self.lists_before_last_page,
+                "puts_before_last_list": self.puts_before_last_list,
                 "mean_in_flight": sum(self.busy_s.values()) / wall_s if wall_s else 0.0,
                 "mean_in_flight_by_operation": {
                     operation: self.busy_s[operation] / occupied if occupied else 1.0
@@ -400,6 +446,17 @@ class _InlineExecutor:
 
     def map(self, function: Callable[..., Any], *iterables: Any) -> Iterator[Any]:
         return map(function, *iterables)
+
+    def submit(self, function: Callable[..., Any], *arguments: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(function(*arguments))
+        except Exception as exc:  # handed to the caller by result(), as a pool's future does
+            done.set_exception(exc)
+        return done
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
 
 
 def classify(filename: str) -> str:
@@ -654,6 +711,7 @@ def measure_plan(
     memory: bool,
     profile: bool,
     emulate: tuple[AwsLatency, int] | None = None,
+    get_tables_page: int = GLUE_GET_TABLES_PAGE,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The timed pass, then (when asked) the emulated-latency, the traced and the profiled ones;
     the timed pass's plan."""
@@ -661,7 +719,8 @@ def measure_plan(
     print(f"  {label}: timed {figures['wall_s']:.1f} s", flush=True)
     if emulate:
         latency, bound = emulate
-        pages = math.ceil(len(deployment.names) / GLUE_GET_TABLES_PAGE)
+        # When moto answers every table in one GetTables call, that call stands for all of AWS's pages.
+        pages = 1 if get_tables_page else math.ceil(len(deployment.names) / GLUE_GET_TABLES_PAGE)
         figures["emulated"], _ = timed_plan(deployment, calls, MotoClock(latency, bound, pages))
         figures["emulated"]["bound"] = ("low", "high")[bound]
         print(f"  {label}: with AWS latency emulated {figures['emulated']['wall_s']:.1f} s", flush=True)
@@ -722,6 +781,7 @@ def run(
     latency: AwsLatency | None = None,
     emulate: str | None = None,
     pack_bytes: int = DEFAULT_PACK_BYTES,
+    get_tables_page: int = GLUE_GET_TABLES_PAGE,
 ) -> dict[str, Any]:
     """The whole scenario in a fresh moto: land, full plan, commit, 5% new files, incremental plan.
 
@@ -741,6 +801,9 @@ def run(
     pack_bytes
         The plan's packing of small tables into shared Glue runs (0: one run, and one work item
         file, per table).
+    get_tables_page
+        How many tables moto's GetTables answers a page, as AWS does (0: every table in one page,
+        moto's own way and this benchmark's before the plan read the catalog in pages).
 
     Raises
     ------
@@ -761,9 +824,11 @@ def run(
         "tables": tables,
         "plan_threads": PLAN_THREADS,
         "io_threads": IO_THREADS,
+        "early_write_threads": EARLY_WRITE_THREADS,
+        "get_tables_page": get_tables_page,
         "load_average_start": os.getloadavg(),
     }
-    with mock_aws():
+    with mock_aws(), get_tables_in_pages(get_tables_page):
         started = time.perf_counter()
         deployment = land(tables, session, pack_bytes)
         results["land_s"] = time.perf_counter() - started
@@ -771,7 +836,13 @@ def run(
         plan_calls = ApiCalls([deployment.plan_s3, deployment.plan_glue])
 
         full, planned = measure_plan(
-            "full plan", deployment, plan_calls, memory=memory, profile=profile, emulate=emulation
+            "full plan",
+            deployment,
+            plan_calls,
+            memory=memory,
+            profile=profile,
+            emulate=emulation,
+            get_tables_page=get_tables_page,
         )
         items = work_items(planned)
         check_plan(
@@ -804,7 +875,13 @@ def run(
         changed = changed_tables(deployment.names)
         land_new_files(changed)
         incremental, planned = measure_plan(
-            "incremental plan", deployment, plan_calls, memory=memory, profile=profile, emulate=emulation
+            "incremental plan",
+            deployment,
+            plan_calls,
+            memory=memory,
+            profile=profile,
+            emulate=emulation,
+            get_tables_page=get_tables_page,
         )
         check_plan(
             "incremental",
@@ -825,36 +902,54 @@ def run(
 def project(figures: dict[str, Any], tables: int, latency: AwsLatency) -> dict[str, Any]:
     """The plan's time on AWS, low and high, from its call counts and the client's CPU time.
 
-    Sequential: the registry and state reads, ``ceil(tables / 100)`` GetTables pages, plan.json and
-    items.json. In parallel: one ListObjectsV2 per table on ``PLAN_THREADS`` threads, one PutObject
-    per work item on ``IO_THREADS``. The client's CPU (the pipeline's and botocore's, which the GIL
-    serialises) is the timed pass's CPU time less moto's (``MotoClock``). Low: the CPU overlaps the
-    waits entirely; high: not at all.
+    Sequential: the registry and state reads, plan.json and items.json. The ``ceil(tables / 100)``
+    GetTables pages follow one another; one ListObjectsV2 per table runs on ``PLAN_THREADS``
+    threads, either once the last page is in (as the plan did before it read the catalog in pages)
+    or, when the pass measured listings started before the last page was asked for, as each page
+    arrives: then whichever is longer, the pages or the listings, bounds it. One PutObject per work
+    item or pack: those the pass measured begun while tables were still listed (work items of
+    tables with a Glue run of their own) run on ``EARLY_WRITE_THREADS`` beside the listings, the
+    rest on ``IO_THREADS`` after them. The client's CPU (the pipeline's and botocore's, which the
+    GIL serialises) is the timed pass's CPU time less moto's (``MotoClock``). Low: the CPU overlaps
+    the waits entirely; high: not at all.
     """
     operations = figures["operations"]
     pages = math.ceil(tables / GLUE_GET_TABLES_PAGE)
     lists = operations.get("s3:ListObjectsV2", 0) - 1  # one lists the registry
     puts = operations.get("s3:PutObject", 0) - 2  # plan.json and items.json are written alone
+    early_puts = figures.get("puts_before_last_list", 0)
     documents_mib = (figures["plan_bytes"] + figures["items_bytes"]) / MIB
+    # The registry's listing comes before the catalog's: more than that one means pipelining.
+    pipelined = figures.get("lists_before_last_get_tables_page", 0) > 1
 
     def bound(index: int) -> float:
-        sequential = (
+        page_s, list_s = latency.glue_get_tables_page_s[index], latency.s3_list_s[index]
+        put_s = latency.s3_put_s[index]
+        if pipelined:
+            last_page = min(GLUE_GET_TABLES_PAGE, lists)
+            catalog_and_files = max(
+                pages * page_s + last_page * list_s / PLAN_THREADS,
+                page_s + lists * list_s / PLAN_THREADS,
+                early_puts * put_s / EARLY_WRITE_THREADS,
+            )
+        else:
+            catalog_and_files = (
+                pages * page_s + lists * list_s / PLAN_THREADS + early_puts * put_s / IO_THREADS
+            )
+        return (
             2 * latency.s3_get_s[index]  # registry, state
             + latency.s3_list_s[index]  # the registry's prefix
-            + pages * latency.glue_get_tables_page_s[index]
-            + 2 * latency.s3_put_s[index]
+            + catalog_and_files
+            + 2 * put_s
             + documents_mib / latency.s3_throughput_mib_s
-        )
-        return (
-            sequential
-            + lists * latency.s3_list_s[index] / PLAN_THREADS
-            + puts * latency.s3_put_s[index] / IO_THREADS
+            + (puts - early_puts) * put_s / IO_THREADS
         )
 
     low, high = bound(0), bound(1)
     cpu = figures["client_cpu_s"]
     return {
         "get_tables_pages": pages,
+        "pipelined": pipelined,
         "network_low_s": low,
         "network_high_s": high,
         "client_cpu_s": cpu,
@@ -947,6 +1042,18 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         ("  by operation", *both(calls)),
         ("calling threads", *both(lambda f: str(f["calling_threads"]))),
         (
+            "listings begun before the last GetTables page",
+            *both(
+                optional(
+                    ("lists_before_last_get_tables_page",), lambda v: f"{v:,} (the registry's among them)"
+                )
+            ),
+        ),
+        (
+            "work item writes begun before the last listing",
+            *both(optional(("puts_before_last_list",), lambda v: f"{v:,}")),
+        ),
+        (
             "calls in flight: peak / mean",
             *both(lambda f: f"{f['peak_in_flight']} / {f['mean_in_flight']:.1f}"),
         ),
@@ -973,8 +1080,11 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         ("  of which, cumulative (s)", *both(optional(("profile", "split_s"), split))),
         (
             "AWS: GetTables pages",
-            str(aws["full"]["get_tables_pages"]),
-            str(aws["incremental"]["get_tables_pages"]),
+            *(
+                f"{aws[kind]['get_tables_pages']} "
+                f"({'overlapping' if aws[kind].get('pipelined') else 'before'} the listings)"
+                for kind in ("full", "incremental")
+            ),
         ),
         (
             "AWS: network-bound time (s)",
@@ -997,7 +1107,11 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"Plan of {results['tables']:,} Glue tables on moto {env['moto']} ({env['cores']} cores, Python "
         f"{env['python']}, boto3 {env['boto3']}, code {env['git']}); PLAN_THREADS {results['plan_threads']}, "
-        f"IO_THREADS {results['io_threads']}"
+        f"IO_THREADS {results['io_threads']}, EARLY_WRITE_THREADS {results.get('early_write_threads')}; "
+        "GetTables pages of "
+        f"{results.get('get_tables_page') or 'every table (moto)'}; load average at start "
+        f"{', '.join(f'{load:.2f}' for load in results['load_average_start'])}, at end "
+        f"{', '.join(f'{load:.2f}' for load in results['load_average_end'])}"
     )
     headers = ("figure", "full plan", f"incremental ({results['incremental']['changed_tables']:,} changed)")
     rows = [headers, *table_rows(results)]
@@ -1036,6 +1150,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_PACK_BYTES // MIB,
         help="pack small tables into shared Glue runs up to this many MiB (0: one run per table)",
     )
+    parser.add_argument(
+        "--get-tables-page",
+        type=int,
+        default=GLUE_GET_TABLES_PAGE,
+        help=f"tables per moto GetTables page (default {GLUE_GET_TABLES_PAGE}, as AWS; 0: all in one page, "
+        "moto's own way)",
+    )
     args = parser.parse_args(argv)
     if args.tables < 20:
         parser.error("--tables must be at least 20 (5% of them change)")
@@ -1061,6 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=not args.no_profile,
             emulate=args.emulate_latency,
             pack_bytes=args.pack_mib * MIB,
+            get_tables_page=args.get_tables_page,
         )
     except BenchmarkError as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cdc_pipeline.arrivals import DataFile, FileListing, is_hidden
 from cdc_pipeline.errors import ConfigurationError, TableError
@@ -69,6 +69,28 @@ class Catalog(Protocol):
         learns columns from the files themselves reads only those.
         """
         ...
+
+
+@runtime_checkable
+class PagedCatalog(Catalog, Protocol):
+    """A catalog that lists its tables in pages (Glue's GetTables) and can hand each page on as it
+    arrives, so that planning the first tables overlaps fetching the next pages."""
+
+    def table_name_pages(self) -> Iterator[list[str]]:
+        """The tables ``table_names`` lists, page by page in the catalog's own order; each table can
+        be listed and described as soon as its page is out, before the last page is read."""
+        ...
+
+
+def table_name_pages(catalog: Catalog) -> Iterator[list[str]]:
+    """The catalog's tables in pages as it lists them; one page for a catalog that lists at once.
+
+    The order of the names is the catalog's: sort them where order matters (the plan does).
+    """
+    if isinstance(catalog, PagedCatalog):
+        yield from catalog.table_name_pages()
+    else:
+        yield catalog.table_names()
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,13 @@ def work_bytes(item: WorkItem) -> int | None:
     return item.input_bytes + item.snapshot_bytes
 
 
+def runs_alone(item: WorkItem, pack_bytes: int) -> bool:
+    """Whether ``pack`` gives the item a Glue run of its own whatever the other items are: its size
+    is not known, or not under ``pack_bytes``. (A small item may still end up alone.)"""
+    size = work_bytes(item)
+    return size is None or size >= pack_bytes
+
+
 def pack(items: Sequence[WorkItem], pack_bytes: int) -> list[list[WorkItem]]:
     """The Glue runs of a plan: each a list of items; a pack when it holds more than one.
 
@@ -58,11 +65,10 @@ def pack(items: Sequence[WorkItem], pack_bytes: int) -> list[list[WorkItem]]:
     alone: list[list[WorkItem]] = []
     small: list[tuple[int, int, WorkItem]] = []
     for position, item in enumerate(items):
-        size = work_bytes(item)
-        if size is None or size >= pack_bytes:
+        if runs_alone(item, pack_bytes):
             alone.append([item])
         else:
-            small.append((size, position, item))
+            small.append((work_bytes(item) or 0, position, item))
     packs: list[tuple[int, list[tuple[int, WorkItem]]]] = []
     for size, position, item in sorted(small, key=lambda entry: (-entry[0], entry[1])):
         for index, (used, members) in enumerate(packs):

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, FileCursor, settle_micros
-from cdc_pipeline.catalog import Catalog, CatalogTable
+from cdc_pipeline.catalog import Catalog, CatalogTable, table_name_pages
 from cdc_pipeline.errors import ConfigurationError, TableError
 from cdc_pipeline.registry import IncrementalBy, Registry, TableSettings
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, normalise_type, resolve
@@ -30,6 +31,11 @@ logger = logging.getLogger(__name__)
 TIME_TYPES = frozenset(kind.value for kind in WatermarkKind)
 INTEGER_TYPES = frozenset({"tinyint", "smallint", "int", "bigint"})
 WORK_ITEM_FORMAT = 3
+# plan.json's format. 1 (written before formats were numbered, no format_version) held every work
+# item whole; 2 leaves out each item's file lists (PER_FILE_FIELDS), which only the ingest reads,
+# from the item and pack files. Both are read; a newer format is refused (Plan.from_json).
+PLAN_FORMAT = 2
+PER_FILE_FIELDS = ("files", "next_cursor")
 PLAN_THREADS = 16  # tables listed and described at once (S3 and Glue calls)
 
 
@@ -148,6 +154,15 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Plan:
+    """What a run will do with each table of the source.
+
+    ``items`` are whole where the plan is made. plan.json, the plan as the Commit reads it back,
+    holds each item without its file lists (``files``, ``next_cursor``: up to one name per data
+    file): the commit reads none of them, and the item and pack files the ingest reads hold every
+    item whole, so the file lists are written once. A plan read back therefore has items whose
+    ``files`` and ``next_cursor`` are None: enough to commit the run, not to ingest it.
+    """
+
     run_id: str
     created_at: str
     requested_load_type: str | None
@@ -170,12 +185,15 @@ class Plan:
         return alone + [list(tables) for tables in self.packs.values()]
 
     def to_json(self) -> dict[str, Any]:
+        """plan.json: the plan with each item's file lists replaced by ``file_count``; it shares the
+        plan's values rather than copying them, so write it, do not change it."""
         return {
+            "format_version": PLAN_FORMAT,
             "run_id": self.run_id,
             "created_at": self.created_at,
             "requested_load_type": self.requested_load_type,
             "state_version": self.state_version,
-            "items": [item.to_json() for item in self.items],
+            "items": [_without_files(item) for item in self.items],
             "failed": self.failed,
             "skipped": self.skipped,
             "warnings": self.warnings,
@@ -186,7 +204,56 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
-        return cls(**{**data, "items": [WorkItem.from_json(item) for item in data["items"]]})
+        """The plan plan.json holds, its items without their file lists (see the class docstring).
+
+        Raises
+        ------
+        ConfigurationError
+            When the plan is of a format this version does not read (a newer one).
+        """
+        # Format 1 (no format_version) held whole items: reading them without their file lists
+        # gives what a format 2 plan gives. A later format may mean anything: refused.
+        version = data.get("format_version", 1) if isinstance(data, dict) else None
+        if version not in (1, PLAN_FORMAT):
+            run_id = data.get("run_id") if isinstance(data, dict) else None
+            raise ConfigurationError(
+                f"the plan of run {run_id!r} has format {version!r}; this cdc-pipeline reads plan formats 1 "
+                f"and {PLAN_FORMAT}. The Plan and the Commit come from different versions: deploy one "
+                "version of both and start a new run"
+            )
+        left_out = {*PER_FILE_FIELDS, "file_count"}
+        items = [
+            WorkItem.from_json({key: value for key, value in entry.items() if key not in left_out})
+            for entry in data["items"]
+        ]
+        return cls(
+            run_id=data["run_id"],
+            created_at=data["created_at"],
+            requested_load_type=data["requested_load_type"],
+            state_version=data["state_version"],
+            items=items,
+            failed=data["failed"],
+            skipped=data["skipped"],
+            warnings=data["warnings"],
+            unchanged=data.get("unchanged", []),
+            refreshed_cursors=data.get("refreshed_cursors", {}),
+            packs=data.get("packs", {}),
+        )
+
+
+_PLAN_ENTRY_FIELDS = tuple(f.name for f in fields(WorkItem) if f.name not in PER_FILE_FIELDS)
+
+
+def _without_files(item: WorkItem) -> dict[str, Any]:
+    """A work item as plan.json holds it: its file lists left out, their count kept.
+
+    The entry shares the item's values (JSON types all) instead of copying them as
+    ``WorkItem.to_json`` does: it is serialised at once, and copying 10,000 items again cost as
+    much as writing them.
+    """
+    entry = {name: getattr(item, name) for name in _PLAN_ENTRY_FIELDS}
+    entry["file_count"] = None if item.files is None else len(item.files)
+    return entry
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -207,30 +274,23 @@ def plan_run(
     tables: list[str] | None = None,
     now: datetime | None = None,
     settle_window: str = DEFAULT_SETTLE_WINDOW,
+    planned: Callable[[WorkItem], None] | None = None,
 ) -> Plan:
     """One work item per table of the catalog (or of ``tables``) with something to read, with every
-    fallback explained; tables with no new file are listed as unchanged."""
-    settle = settle_micros(settle_window)
-    available = catalog.table_names()
-    if tables:
-        unknown = sorted(set(tables) - set(available))
-        if unknown:
-            raise ConfigurationError(
-                f"--tables names {', '.join(unknown)}, which the source does not hold; "
-                f"its tables are: {', '.join(available) or '(none)'}"
-            )
-        selected = [name for name in available if name in set(tables)]
-    else:
-        selected = available
+    fallback explained; tables with no new file are listed as unchanged.
 
-    warnings = [
-        f"registry names table {name!r}, which the source does not hold; check the name"
-        for name in sorted(set(registry.tables) - {name.lower() for name in available})
-    ]
+    Tables are planned on ``PLAN_THREADS`` threads as the catalog's pages of names arrive (a paged
+    catalog such as Glue's), so listing their files overlaps listing the catalog; the plan holds
+    them in name order whatever order they were listed and planned in. ``planned`` is called with
+    each work item as soon as it is made, on the thread that made it (the plan stage starts
+    writing it there); an error it raises fails the plan.
+    """
+    settle = settle_micros(settle_window)
+    wanted = set(tables) if tables else None
 
     def plan_table(name: str) -> WorkItem | _Unchanged | str | TableError:
         try:
-            return _plan_table(
+            decision = _plan_table(
                 name,
                 catalog=catalog,
                 registry=registry,
@@ -242,9 +302,35 @@ def plan_run(
             )
         except TableError as exc:
             return exc
+        if planned is not None and isinstance(decision, WorkItem):
+            planned(decision)
+        return decision
 
-    with ThreadPoolExecutor(max_workers=PLAN_THREADS, thread_name_prefix="plan") as pool:
-        decisions = list(pool.map(plan_table, selected))
+    available: set[str] = set()
+    planning: dict[str, Future[WorkItem | _Unchanged | str | TableError]] = {}
+    pool = ThreadPoolExecutor(max_workers=PLAN_THREADS, thread_name_prefix="plan")
+    try:
+        for page in table_name_pages(catalog):
+            available.update(page)
+            for name in page:
+                if (wanted is None or name in wanted) and name not in planning:
+                    planning[name] = pool.submit(plan_table, name)
+        unknown = sorted(wanted - available) if wanted else []
+        if unknown:
+            raise ConfigurationError(
+                f"--tables names {', '.join(unknown)}, which the source does not hold; "
+                f"its tables are: {', '.join(sorted(available)) or '(none)'}"
+            )
+        selected = sorted(planning)
+        decisions = [planning[name].result() for name in selected]
+    finally:
+        # On an error, tables not started yet are not planned for nothing.
+        pool.shutdown(cancel_futures=True)
+
+    warnings = [
+        f"registry names table {name!r}, which the source does not hold; check the name"
+        for name in sorted(set(registry.tables) - {name.lower() for name in available})
+    ]
 
     items: list[WorkItem] = []
     failed: dict[str, str] = {}

@@ -8,20 +8,24 @@ so the local runner and the Plan and Commit Lambdas run the same code on differe
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
 from cdc_pipeline.catalog import Catalog, OutputCatalog, PublishedTable
 from cdc_pipeline.commit import IO_THREADS, CommitReport, commit_run
-from cdc_pipeline.packs import DEFAULT_GLUE_DPU, DEFAULT_PACK_BYTES, Pack, pack
-from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
+from cdc_pipeline.packs import DEFAULT_GLUE_DPU, DEFAULT_PACK_BYTES, Pack, pack, runs_alone
+from cdc_pipeline.plan import PLAN_THREADS, Layout, LoadType, Plan, WorkItem, plan_run
 from cdc_pipeline.registry import RegistrySource, load_registry
 from cdc_pipeline.state import StateStore
 from cdc_pipeline.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+# Work item files written while tables are still being listed on PLAN_THREADS: together they use no
+# more connections than the IO_THREADS that write the rest at the end (the Plan's S3 client's size).
+EARLY_WRITE_THREADS = max(1, IO_THREADS - PLAN_THREADS)
 
 
 def plan_stage(
@@ -38,27 +42,49 @@ def plan_stage(
     pack_bytes: int = DEFAULT_PACK_BYTES,
 ) -> Plan:
     """Plan a run and write its plan and its item list (the Distributed Map's input): one entry per
-    Glue run, naming a work item's file or a pack's (small tables sharing a run)."""
+    Glue run, naming a work item's file or a pack's (small tables sharing a run).
+
+    A table that gets a Glue run of its own whatever the others are (``runs_alone``: too large to
+    pack, or of unknown size) has its work item file written as soon as it is planned, while other
+    tables are still being listed; packs are decided once every item exists, so their files, and
+    plan.json and items.json, are written at the end.
+    """
     registry = load_registry(registry_source)
     state, version = state_store.read()
-    plan = plan_run(
-        catalog=catalog,
-        registry=registry,
-        state=state,
-        state_version=version,
-        layout=layout,
-        run_id=run_id,
-        load_type=load_type,
-        tables=tables,
-        settle_window=settle_window,
-    )
+    written: dict[str, Future[None]] = {}
+    writer = ThreadPoolExecutor(max_workers=EARLY_WRITE_THREADS, thread_name_prefix="item")
+
+    def write_if_alone(item: WorkItem) -> None:
+        if runs_alone(item, pack_bytes):
+            location = layout.item(item.table, run_id)
+            written[item.table] = writer.submit(storage.write_json, location, item.to_json())
+
+    try:
+        plan = plan_run(
+            catalog=catalog,
+            registry=registry,
+            state=state,
+            state_version=version,
+            layout=layout,
+            run_id=run_id,
+            load_type=load_type,
+            tables=tables,
+            settle_window=settle_window,
+            planned=write_if_alone,
+        )
+        for write in written.values():
+            write.result()
+    finally:
+        # A plan that failed leaves at most some item files no items.json names: no Glue run reads them.
+        writer.shutdown(cancel_futures=True)
     # Each Glue run's work item (or pack) in a file of its own, and the Map's list names them: a
     # child execution's input and the Glue job's argument stay small however many columns a table has.
     runs: list[_GlueRun] = []
     packs: dict[str, list[str]] = {}
     for run in pack(plan.items, pack_bytes):
         if len(run) == 1:
-            runs.append(_GlueRun(run[0].table, layout.item(run[0].table, run_id), run[0].to_json()))
+            document = None if run[0].table in written else run[0].to_json()
+            runs.append(_GlueRun(run[0].table, layout.item(run[0].table, run_id), document))
         else:
             number = len(packs) + 1
             label = f"pack-{number:04d}"
@@ -69,8 +95,9 @@ def plan_stage(
             )
     plan = replace(plan, packs=packs)
     storage.write_json(layout.plan(run_id), plan.to_json())
+    unwritten = [run for run in runs if run.document is not None]
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
-        list(pool.map(lambda run: storage.write_json(run.location, run.document), runs))
+        list(pool.map(lambda run: storage.write_json(run.location, run.document), unwritten))
     storage.write_json(
         layout.items(run_id), [{"table": run.label, "work_item_location": run.location} for run in runs]
     )
@@ -79,11 +106,12 @@ def plan_stage(
 
 @dataclass(frozen=True)
 class _GlueRun:
-    """One Distributed Map item: ``label`` names the child execution (a table, or a pack)."""
+    """One Distributed Map item: ``label`` names the child execution (a table, or a pack);
+    ``document`` is None for a work item written while the plan was being made."""
 
     label: str
     location: str
-    document: dict[str, Any]
+    document: dict[str, Any] | None
 
 
 def load_plan(storage: Storage, layout: Layout, run_id: str) -> Plan:

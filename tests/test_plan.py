@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 
 from cdc_pipeline.arrivals import DataFile, FileCursor, FileListing
 from cdc_pipeline.catalog import CatalogTable, Column
 from cdc_pipeline.errors import ConfigurationError, TableError
-from cdc_pipeline.plan import Layout, LoadType, Plan, plan_run
-from cdc_pipeline.registry import parse_registry
-from cdc_pipeline.state import StateDocument, TableState
+from cdc_pipeline.packs import Pack
+from cdc_pipeline.plan import PLAN_FORMAT, Layout, LoadType, Plan, WorkItem, plan_run
+from cdc_pipeline.registry import LocalRegistrySource, parse_registry
+from cdc_pipeline.stages import plan_stage
+from cdc_pipeline.state import LocalStateStore, StateDocument, TableState
+from cdc_pipeline.storage import LocalStorage
 
-REGISTRY = parse_registry(
+REGISTRY_CSV = (
     "table_name,primary_key,watermark_column,sequence_column,delete_column,delete_values,lookback\n"
     "orders,order_id,,,Op,D,PT10M\n"
     'order_lines,"order_id,line_no",changed_at,seq,,,\n'
     "countries,code,,,,,\n"
-    "gone,id,,,,,\n",
-    "registry.csv",
+    "gone,id,,,,,\n"
 )
+REGISTRY = parse_registry(REGISTRY_CSV, "registry.csv")
 LAYOUT = Layout(output_path="/lake/current", cdc_path="/lake/state")
 
 
@@ -51,6 +57,17 @@ class FakeCatalog:
         if table.format == "broken":
             raise TableError(name, "file x.parquet is not readable Parquet")
         return table
+
+
+class PagedFakeCatalog(FakeCatalog):
+    """The same tables, listed in ``pages`` of names in the order given (as Glue's GetTables pages)."""
+
+    def __init__(self, pages: list[list[str]], *tables: CatalogTable, **kwargs) -> None:
+        super().__init__(*tables, **kwargs)
+        self.pages = pages
+
+    def table_name_pages(self) -> Iterator[list[str]]:
+        yield from self.pages
 
 
 def table(name: str, *columns: tuple[str, str], has_data: bool = True, fmt: str = "parquet") -> CatalogTable:
@@ -247,19 +264,142 @@ def test_registry_entries_for_tables_the_source_lacks_are_warned() -> None:
     assert any("'gone'" in warning for warning in plan.warnings)
 
 
-def test_tables_filter_plans_only_those_and_rejects_unknown_names() -> None:
-    plan = make_plan(FakeCatalog(ORDERS, COUNTRIES, EVENTS), tables=["events", "orders"])
+@pytest.mark.parametrize("paged", [False, True], ids=["listed-at-once", "listed-in-pages"])
+def test_tables_filter_plans_only_those_and_rejects_unknown_names(paged: bool) -> None:
+    def catalog(*tables: CatalogTable) -> FakeCatalog:
+        if paged:
+            return PagedFakeCatalog([[t.name] for t in reversed(tables)], *tables)
+        return FakeCatalog(*tables)
+
+    events_and_orders = catalog(ORDERS, COUNTRIES, EVENTS)
+    plan = make_plan(events_and_orders, tables=["events", "orders"])
     assert [item.table for item in plan.items] == ["events", "orders"]
+    assert {name for name, _ in events_and_orders.listed} == {"events", "orders"}
 
-    with pytest.raises(ConfigurationError, match="--tables names nope"):
-        make_plan(FakeCatalog(ORDERS), tables=["nope"])
+    with pytest.raises(
+        ConfigurationError,
+        match="--tables names nope, which the source does not hold; its tables are: countries, orders",
+    ):
+        make_plan(catalog(ORDERS, COUNTRIES), tables=["nope", "orders"])
 
 
-def test_plan_survives_a_json_round_trip() -> None:
+def test_the_plan_holds_its_tables_in_name_order_whatever_order_the_pages_list_them_in() -> None:
+    tables = (ORDERS, LINES, COUNTRIES, table("unlisted", has_data=False), table("broken", fmt="broken"))
+    pages = [["orders", "unlisted"], ["order_lines", "broken"], ["countries"]]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    plan = make_plan(PagedFakeCatalog(pages, *tables), now=now)
+
+    assert [item.table for item in plan.items] == ["countries", "order_lines", "orders"]
+    assert (list(plan.failed), list(plan.skipped)) == (["broken"], ["unlisted"])
+    assert plan == make_plan(FakeCatalog(*tables), now=now)  # as if listed at once, in name order
+
+
+class WaitingCatalog(PagedFakeCatalog):
+    """Hands on its second page only once a table of the first has had its files listed, or
+    ``until`` is set (or after ``patience`` seconds, so that a plan that would wait for every page
+    first fails rather than hangs)."""
+
+    patience = 30.0
+
+    def __init__(self, *args, until: threading.Event | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.until = until
+        self.first_page_planned = until or threading.Event()
+        self.planned_before_second_page: bool | None = None
+
+    def list_files(self, name: str, start_after: str | None = None) -> FileListing | None:
+        if name in self.pages[0] and self.until is None:
+            self.first_page_planned.set()
+        return super().list_files(name, start_after)
+
+    def table_name_pages(self) -> Iterator[list[str]]:
+        yield self.pages[0]
+        self.planned_before_second_page = self.first_page_planned.wait(self.patience)
+        yield from self.pages[1:]
+
+
+def test_the_tables_of_a_page_are_planned_while_the_catalog_reads_its_next_page() -> None:
+    catalog = WaitingCatalog([["orders"], ["countries"]], ORDERS, COUNTRIES)
+
+    plan = make_plan(catalog)
+
+    assert catalog.planned_before_second_page is True
+    assert [item.table for item in plan.items] == ["countries", "orders"]
+
+
+def test_a_catalog_failing_on_a_later_page_fails_the_plan() -> None:
+    class FailingCatalog(PagedFakeCatalog):
+        def table_name_pages(self) -> Iterator[list[str]]:
+            yield ["orders"]
+            raise ConfigurationError("access to Glue database 'raw' denied")
+
+    with pytest.raises(ConfigurationError, match="denied"):
+        make_plan(FailingCatalog([], ORDERS, COUNTRIES))
+
+
+def test_a_plan_of_tables_read_by_watermark_survives_a_json_round_trip() -> None:
     state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z")})
     plan = make_plan(FakeCatalog(ORDERS, LINES, COUNTRIES, EVENTS), state)
 
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def plan_reading_files(count: int) -> Plan:
+    """A first plan of ``orders`` read by arrival from ``count`` files, and of ``countries`` (no files)."""
+    files = [(f"2026/01/01/{number:06d}.parquet", 10 * MINUTE) for number in range(count)]
+    catalog = FakeCatalog(ORDERS, COUNTRIES, listings={"orders": listing(*files, reference=110 * MINUTE)})
+    return make_plan(catalog)
+
+
+def test_plan_json_holds_each_items_file_count_not_its_file_lists() -> None:
+    plan = plan_reading_files(1_000)
+
+    entries = {entry["table"]: entry for entry in plan.to_json()["items"]}
+
+    assert plan.to_json()["format_version"] == PLAN_FORMAT
+    assert {name: entry["file_count"] for name, entry in entries.items()} == {
+        "orders": 1_000,
+        "countries": None,
+    }
+    assert not any(name in entry for entry in entries.values() for name in ("files", "next_cursor"))
+    # The item itself keeps them: the item and pack files are written from it.
+    assert len(items_by_table(plan)["orders"].files or []) == 1_000
+
+
+def test_plan_json_stays_the_same_size_however_many_files_a_table_has() -> None:
+    def size(plan: Plan) -> int:
+        return len(json.dumps(plan.to_json()))
+
+    # 1,000 times the files: only the digits of the file count and of the bytes to read grow.
+    assert size(plan_reading_files(10_000)) - size(plan_reading_files(10)) == 3 + 3
+
+
+def test_a_plan_read_back_is_the_plan_without_its_items_file_lists() -> None:
+    plan = plan_reading_files(3)
+
+    read = Plan.from_json(json.loads(json.dumps(plan.to_json())))
+
+    without_files = [replace(item, files=None, next_cursor=None) for item in plan.items]
+    assert read == replace(plan, items=without_files)
+
+
+def test_a_plan_written_before_plan_formats_holding_whole_items_is_read_as_one_of_this_format() -> None:
+    plan = plan_reading_files(3)
+    format_1 = {**plan.to_json(), "items": [item.to_json() for item in plan.items]}
+    del format_1["format_version"]
+
+    assert Plan.from_json(format_1) == Plan.from_json(plan.to_json())
+
+
+@pytest.mark.parametrize(
+    "document", [{"format_version": PLAN_FORMAT + 1, "run_id": "r9"}, ["not", "a", "plan"]]
+)
+def test_a_plan_of_a_newer_or_unknown_format_is_refused_naming_the_fix(document) -> None:
+    with pytest.raises(ConfigurationError, match="deploy one version of both") as refused:
+        Plan.from_json(document)
+
+    assert "plan formats 1 and 2" in str(refused.value)
 
 
 def test_watermark_column_that_is_a_partition_folder_key_fails_the_table_with_the_fix() -> None:
@@ -502,3 +642,95 @@ def test_an_incremental_item_of_a_partitioned_table_carries_its_current_partitio
     ).items
 
     assert (orders.load_type, orders.current_partitions) == ("incremental", partitions)
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan stage: plan, item and pack files
+# ----------------------------------------------------------------------------------------------
+
+
+class RecordingStorage(LocalStorage):
+    """Local files, and the order they were written in; ``item_written`` once a work item's is."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.item_written = threading.Event()
+
+    def write_json(self, location: str, data) -> None:
+        super().write_json(location, data)
+        self.written.append(location)
+        if "/items/" in location:
+            self.item_written.set()
+
+
+def stage(tmp_path, catalog: FakeCatalog, storage: RecordingStorage, pack_bytes: int) -> tuple[Plan, Layout]:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "tables.csv").write_text(REGISTRY_CSV)
+    layout = Layout(output_path=str(tmp_path / "current"), cdc_path=str(tmp_path / "state"))
+    plan = plan_stage(
+        catalog=catalog,
+        registry_source=LocalRegistrySource(registry),
+        state_store=LocalStateStore(tmp_path / "state"),
+        storage=storage,
+        layout=layout,
+        run_id="r1",
+        pack_bytes=pack_bytes,
+    )
+    return plan, layout
+
+
+def sized(*files: tuple[str, int]) -> FileListing:
+    return FileListing("/raw/t", tuple(DataFile(path, size, MINUTE) for path, size in files), 60 * MINUTE)
+
+
+def test_a_table_with_a_glue_run_of_its_own_has_its_work_item_written_while_the_catalog_is_still_listed(
+    tmp_path,
+) -> None:
+    storage = RecordingStorage()
+    catalog = WaitingCatalog(
+        [["orders"], ["countries"]],
+        ORDERS,
+        COUNTRIES,
+        listings={"orders": sized(("a.parquet", 10)), "countries": sized(("b.parquet", 10))},
+        until=storage.item_written,
+    )
+
+    plan, layout = stage(tmp_path, catalog, storage, pack_bytes=0)  # no packing: every table alone
+
+    assert catalog.planned_before_second_page is True
+    assert [item.table for item in plan.items] == ["countries", "orders"]
+    assert storage.written[0] == layout.item("orders", "r1")
+    assert storage.written[-2:] == [layout.plan("r1"), layout.items("r1")]
+
+
+def test_packed_tables_are_written_once_every_item_exists_and_the_map_lists_runs_in_pack_order(
+    tmp_path,
+) -> None:
+    storage = RecordingStorage()
+    listings = {
+        "orders": sized(("big.parquet", 5_000)),  # over pack_bytes: a Glue run of its own, early
+        "order_lines": sized(("a.parquet", 100)),
+        "countries": sized(("b.parquet", 200)),
+    }
+    catalog = PagedFakeCatalog(
+        [["orders", "order_lines"], ["countries"]], ORDERS, LINES, COUNTRIES, listings=listings
+    )
+
+    plan, layout = stage(tmp_path, catalog, storage, pack_bytes=1_000)
+
+    pack_file = layout.pack(1, "r1")
+    assert plan.packs == {pack_file: ["countries", "order_lines"]}
+    assert LocalStorage().read_json(layout.items("r1")) == [
+        {"table": "orders", "work_item_location": layout.item("orders", "r1")},
+        {"table": "pack-0001 (2 tables)", "work_item_location": pack_file},
+    ]
+    assert storage.written == [layout.item("orders", "r1"), layout.plan("r1"), pack_file, layout.items("r1")]
+    # Each file holds its items whole, file lists and all, as planned.
+    by_table = items_by_table(plan)
+    assert WorkItem.from_json(LocalStorage().read_json(layout.item("orders", "r1"))) == by_table["orders"]
+    assert Pack.from_json(LocalStorage().read_json(pack_file)).items == [
+        by_table["countries"],
+        by_table["order_lines"],
+    ]
+    assert by_table["orders"].files == ["big.parquet"]

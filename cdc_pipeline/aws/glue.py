@@ -43,10 +43,13 @@ PUBLISH_THREADS = 16  # boto3 clients are thread-safe; Glue's UpdateTable rate l
 
 
 class GlueCatalog:
-    """The tables of one Glue database, as the core's ``Catalog``.
+    """The tables of one Glue database, as the core's ``Catalog`` (a ``PagedCatalog``).
 
     The database is listed once (``get_tables``, every page) and kept, so describing each table
     costs no further listing; only partitioned tables cost one ``get_partitions`` listing each.
+    ``table_name_pages`` hands each page on as it arrives: on AWS a page holds 100 tables and takes
+    a few hundred milliseconds, so a plan that waited for the last page of 10,000 tables would wait
+    100 pages before listing the first table's files.
 
     Parameters
     ----------
@@ -75,11 +78,31 @@ class GlueCatalog:
         self.s3_client = s3_client
         self.include = tuple(include)
         self.exclude = tuple(exclude)
+        # Every table, once the listing is complete; and the tables of the pages read so far by
+        # table_name_pages, which other threads describe while it reads the next page.
         self._definitions: dict[str, dict[str, Any]] | None = None
+        self._listed: dict[str, dict[str, Any]] = {}
 
     def table_names(self) -> list[str]:
         """The database's tables that the include and exclude patterns select, sorted."""
         return sorted(name for name in self._tables() if self._selected(name))
+
+    def table_name_pages(self) -> Iterator[list[str]]:
+        """The tables ``table_names`` lists, a ``get_tables`` page at a time as Glue returns it;
+        each can be described (and its files listed) as soon as its page is out. Once the last
+        page is read the database is kept as ``table_names`` keeps it."""
+        if self._definitions is not None:
+            yield self.table_names()
+            return
+        listed = self._listed
+        for page in self._pages("get_tables", "glue:GetTables", DatabaseName=self.database):
+            names = []
+            for table in page.get("TableList", []):
+                listed[table["Name"]] = table
+                if self._selected(table["Name"]):
+                    names.append(table["Name"])
+            yield names
+        self._definitions = listed
 
     def list_files(self, name: str, start_after: str | None = None) -> FileListing | None:
         """The table's data files under its S3 location; None for a location that is not in S3."""
@@ -126,7 +149,8 @@ class GlueCatalog:
         )
 
     def _definition(self, name: str) -> dict[str, Any]:
-        definition = self._tables().get(name)
+        # A table of a page already handed on is known without waiting for the rest of the listing.
+        definition = self._listed.get(name) or self._tables().get(name)
         if definition is None:
             raise TableError(
                 name,

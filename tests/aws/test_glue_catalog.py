@@ -100,6 +100,70 @@ def test_every_page_of_get_tables_is_read_and_describing_lists_nothing_again(off
     stubber.assert_no_pending_responses()
 
 
+def stub_pages(stubber: Stubber, pages: list[list[dict[str, Any]]]) -> None:
+    """GetTables answering ``pages`` one after the other, each pointing at the next."""
+    for number, page in enumerate(pages):
+        expected = {"DatabaseName": "raw"} | ({"NextToken": f"token-{number}"} if number else {})
+        response: dict[str, Any] = {"TableList": page}
+        if number < len(pages) - 1:
+            response["NextToken"] = f"token-{number + 1}"
+        stubber.add_response("get_tables", response, expected)
+
+
+def test_each_page_of_tables_is_handed_on_before_the_next_is_fetched_and_its_tables_described(
+    offline_glue_client,
+):
+    stubber = Stubber(offline_glue_client)
+    stub_pages(stubber, [[_table("orders"), _table("customers")], [_table("invoices")], [_table("payments")]])
+    fetched: list[str] = []
+
+    def fetching(params: dict[str, Any], **_: Any) -> None:
+        fetched.append(params.get("NextToken", "first"))
+
+    offline_glue_client.meta.events.register("before-parameter-build.glue.GetTables", fetching)
+    catalog = GlueCatalog("raw", offline_glue_client)
+
+    seen = []
+    with stubber:
+        for page in catalog.table_name_pages():
+            seen.append((page, list(fetched), [catalog.describe(name).location for name in page]))
+        names = catalog.table_names()  # the database is kept: no page is fetched again
+
+    assert seen == [
+        (["orders", "customers"], ["first"], ["s3://landing/raw/orders/", "s3://landing/raw/customers/"]),
+        (["invoices"], ["first", "token-1"], ["s3://landing/raw/invoices/"]),
+        (["payments"], ["first", "token-1", "token-2"], ["s3://landing/raw/payments/"]),
+    ]
+    assert names == ["customers", "invoices", "orders", "payments"]
+    stubber.assert_no_pending_responses()
+
+
+def test_pages_hold_only_the_tables_the_patterns_select(offline_glue_client):
+    stubber = Stubber(offline_glue_client)
+    stub_pages(stubber, [[_table("orders"), _table("tmp_orders")], [_table("tmp_lines")], [_table("lines")]])
+    catalog = GlueCatalog("raw", offline_glue_client, exclude=("tmp_*",))
+
+    with stubber:
+        pages = list(catalog.table_name_pages())
+
+    assert pages == [["orders"], [], ["lines"]]
+
+
+def test_pages_of_a_database_already_listed_are_its_tables_at_once_without_listing_again(
+    offline_glue_client,
+):
+    stubber = Stubber(offline_glue_client)
+    stub_pages(stubber, [[_table("orders")], [_table("customers")]])
+    catalog = GlueCatalog("raw", offline_glue_client)
+
+    with stubber:
+        catalog.table_names()
+        pages = list(catalog.table_name_pages())
+
+    assert pages == [["customers", "orders"]]
+    stubber.assert_no_pending_responses()
+
+
 @pytest.mark.parametrize(
     ("include", "exclude", "expected"),
     [

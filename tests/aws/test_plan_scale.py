@@ -34,6 +34,7 @@ from cdc_pipeline.aws.glue import PUBLISH_THREADS
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.packs import PACK_MAX_TABLES
 from cdc_pipeline.plan import PLAN_THREADS
+from cdc_pipeline.stages import EARLY_WRITE_THREADS
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = 1_000
@@ -58,8 +59,9 @@ def test_client_config_refuses_a_client_shared_by_no_thread() -> None:
 
 
 def test_each_lambda_client_is_sized_for_every_pool_that_shares_it() -> None:
-    # The Plan's S3 client lists tables (PLAN_THREADS), then writes work items (IO_THREADS).
-    assert max(PLAN_THREADS, IO_THREADS) <= PLAN_S3_THREADS
+    # The Plan's S3 client lists tables (PLAN_THREADS) while it writes the work items of tables with
+    # a Glue run of their own (EARLY_WRITE_THREADS), then writes the rest (IO_THREADS).
+    assert max(PLAN_THREADS + EARLY_WRITE_THREADS, IO_THREADS) <= PLAN_S3_THREADS
     assert PLAN_GLUE_THREADS >= PLAN_THREADS
     assert COMMIT_S3_THREADS >= IO_THREADS
     assert COMMIT_GLUE_THREADS >= PUBLISH_THREADS
@@ -201,8 +203,17 @@ def test_a_full_plan_makes_one_listing_per_table_and_one_write_per_glue_run(scal
     assert operations["s3:ListObjectsV2"] == TABLES + 1  # and the registry's prefix
     assert operations["s3:PutObject"] == TABLES // PACK_MAX_TABLES + 2  # and plan.json, items.json
     assert operations["s3:GetObject"] == 2  # the registry and the state
-    assert operations["glue:GetTables"] == 1  # moto: one page; AWS: ceil(tables / 100)
-    assert scale["aws_projection"]["full"]["get_tables_pages"] == TABLES // 100
+    # The benchmark's moto answers GetTables in pages of 100, as AWS does (moto alone: one page).
+    assert (
+        operations["glue:GetTables"] == scale["aws_projection"]["full"]["get_tables_pages"] == TABLES // 100
+    )
+
+
+def test_tables_are_listed_while_later_pages_of_the_catalog_are_still_being_read(scale) -> None:
+    # Besides the registry's listing, the files of the first pages' tables were being listed when
+    # the last of the 10 GetTables pages was asked for.
+    assert scale["full"]["lists_before_last_get_tables_page"] > 1
+    assert scale["aws_projection"]["full"]["pipelined"] is True
 
 
 def test_the_plan_calls_from_many_threads_at_once(scale) -> None:
@@ -230,12 +241,13 @@ def test_an_incremental_plan_after_5_percent_got_a_new_file_plans_those_and_list
 
 def test_with_aws_latency_the_plan_keeps_each_thread_pool_busy(boto_session: Any) -> None:
     # moto answers at once and under the GIL, so only held-back answers show the threads overlapping
-    # their waits: listings on PLAN_THREADS, work item writes on IO_THREADS (one file per table
-    # without packing).
+    # their waits: listings on PLAN_THREADS, and without packing every table's work item file
+    # written on EARLY_WRITE_THREADS while tables are still being listed.
     emulated = plan_scale.run(
         200, memory=False, profile=False, session=boto_session, emulate="high", pack_bytes=0
     )
 
-    in_flight = emulated["full"]["emulated"]["mean_in_flight_by_operation"]
-    assert in_flight["s3:ListObjectsV2"] > PLAN_THREADS / 2
-    assert in_flight["s3:PutObject"] > IO_THREADS / 2
+    full = emulated["full"]["emulated"]
+    assert full["mean_in_flight_by_operation"]["s3:ListObjectsV2"] > PLAN_THREADS / 2
+    assert full["mean_in_flight_by_operation"]["s3:PutObject"] > EARLY_WRITE_THREADS / 2
+    assert full["puts_before_last_list"] > 0

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdc_pipeline.aws.glue import GlueCatalog
-from cdc_pipeline.catalog import Catalog, Column, LocalCatalog
+from cdc_pipeline.catalog import Catalog, Column, LocalCatalog, table_name_pages
 from cdc_pipeline.errors import TableError
 
 ARROW = {
@@ -104,3 +104,14 @@ def test_describing_a_table_that_is_not_there_is_a_table_error(catalog_case) -> 
 
     with pytest.raises(TableError, match="missing"):
         catalog_case.make().describe("missing")
+
+
+def test_the_pages_of_names_hold_every_table_listed_once_each_describable_as_it_comes(catalog_case) -> None:
+    for name in ("orders", "customers", "audit_log"):
+        catalog_case.add_table(name, [("id", "bigint")], [])
+    catalog = catalog_case.make()
+
+    paged = [(name, catalog.describe(name).name) for page in table_name_pages(catalog) for name in page]
+
+    assert sorted(name for name, _ in paged) == catalog.table_names() == ["audit_log", "customers", "orders"]
+    assert all(name == described for name, described in paged)
