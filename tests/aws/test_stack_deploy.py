@@ -459,6 +459,7 @@ class Deployment:
         self.job_runs: list[tuple[str, dict[str, str]]] = []
         self.calls: list[ApiCall] = []  # every AWS call of the pipeline's code, by role
         self.executions: list[dict[str, Any]] = []  # the runs a test kept (their outputs)
+        self.returned: dict[str, Any] = {}  # what each handler returned last, by its module's name
 
         for bucket in (PACKAGING_BUCKET, LANDING_BUCKET):
             self.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -613,6 +614,7 @@ class Deployment:
             except Exception as exc:  # an unhandled error: the state machine's Retry/Catch see it
                 response_headers["x-amz-function-error"] = "Unhandled"
                 return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        self.returned[handler.__module__] = result
         return json.dumps(result).encode()
 
     def land(self, tables: list[str]) -> None:
@@ -904,6 +906,9 @@ def test_a_scheduled_run_of_the_deployed_state_machine_commits_every_table(deplo
     assert execution["status"] == "SUCCEEDED", execution
     commit = json.loads(execution["output"])["commit"]
     assert (commit["succeeded_count"], commit["failed_count"]) == (3, 0)
+    # CommitRun's ResultSelector passes on every figure the Commit Lambda returns (docs/aws.md).
+    assert commit == deployment.returned["stack_CommitFunction"]
+    assert (commit["rows_read"], commit["rows_written"]) == (30, 21)
     ingested = sorted(
         item.table
         for _, arguments in deployment.job_runs
