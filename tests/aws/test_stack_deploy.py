@@ -856,12 +856,45 @@ def test_the_schedule_is_created_disabled_so_a_first_deploy_runs_nothing_half_in
     assert template["Resources"]["RunSchedule"]["Properties"]["State"] == {"Ref": "ScheduleState"}
 
 
-def test_the_powertools_layer_is_read_from_the_public_ssm_parameter_of_the_region(packaged) -> None:
+POWERTOOLS_SSM = "{{resolve:ssm:/aws/service/powertools/python/x86_64/python3.11/${PowertoolsVersion}}}"
+
+
+def _evaluate(node: Any, template: dict[str, Any], parameters: dict[str, str]) -> Any:
+    """``node`` with the template's conditions, Fn::If and parameter Refs decided for ``parameters``
+    (other intrinsics are kept as they are)."""
+
+    def condition(name: str) -> bool:
+        return bool(_evaluate(template["Conditions"][name], template, parameters))
+
+    if isinstance(node, list):
+        return [_evaluate(item, template, parameters) for item in node]
+    if not isinstance(node, dict) or len(node) != 1:
+        return node
+    ((function, value),) = node.items()
+    if function == "Fn::If":
+        name, when_true, when_false = value
+        return _evaluate(when_true if condition(name) else when_false, template, parameters)
+    if function == "Fn::Not":
+        return not _evaluate(value[0], template, parameters)
+    if function == "Fn::Equals":
+        left, right = (_evaluate(item, template, parameters) for item in value)
+        return left == right
+    if function == "Condition":
+        return condition(value)
+    if function == "Ref" and value in template["Parameters"]:
+        return parameters.get(value, template["Parameters"][value].get("Default"))
+    return node
+
+
+def test_the_powertools_layer_is_read_from_the_public_ssm_parameter_unless_a_layer_is_given(packaged) -> None:
+    template = packaged.template
+    given = "arn:aws-cn:lambda:cn-north-1:123456789012:layer:powertools-python:3"
     for name in ("PlanFunction", "CommitFunction"):
-        layers = packaged.template["Resources"][name]["Properties"]["Layers"]
-        assert {
-            "Fn::Sub": "{{resolve:ssm:/aws/service/powertools/python/x86_64/python3.11/${PowertoolsVersion}}}"
-        } in layers
+        layers = template["Resources"][name]["Properties"]["Layers"]
+        assert {"Fn::Sub": POWERTOOLS_SSM} in _evaluate(layers, template, {})
+        assert given in _evaluate(layers, template, {"PowertoolsLayerArn": given})
+        assert POWERTOOLS_SSM not in json.dumps(_evaluate(layers, template, {"PowertoolsLayerArn": given}))
+        assert len(_evaluate(layers, template, {"PowertoolsLayerArn": given})) == 2  # and the shared layer
         assert "017000801446" not in json.dumps(layers)
 
 
