@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc_pipeline.aws.deploy import (
+    STUCK_STATUS,
     DeployError,
     Target,
     check_credentials,
@@ -87,6 +88,11 @@ class DeployedStack:
         stack = describe_stack(cloudformation, name)
         if stack is None:
             raise DeployError(f"stack {name} does not exist here: run make deploy first (or give REGION=)")
+        if stack.status in STUCK_STATUS:
+            raise DeployError(
+                f"stack {name} is {stack.status}: there is no deployed pipeline to test; make deploy says "
+                f"how to get the stack out of {stack.status}"
+            )
         try:
             return cls(
                 name=name,

@@ -270,3 +270,22 @@ def test_a_stack_whose_table_patterns_leave_the_smoke_table_out_is_refused_befor
 
     assert account.runs == []
     assert account.objects(LANDING) == []
+
+
+def test_a_stack_never_deployed_past_its_first_change_set_is_refused_before_landing(session: Any) -> None:
+    account = Account(session)
+    session.client("cloudformation").delete_stack(StackName=STACK)
+    session.client("cloudformation").create_change_set(
+        StackName=STACK,
+        ChangeSetName="never-executed",
+        TemplateBody=json.dumps(_stack_template("arn:none", "", "")),
+        ChangeSetType="CREATE",
+    )
+
+    with pytest.raises(
+        DeployError, match=r"stack cdc-smoke is REVIEW_IN_PROGRESS: there is no deployed pipeline"
+    ):
+        _smoke(account, account.pipeline())
+
+    assert account.runs == []
+    assert account.objects(LANDING) == []
