@@ -46,10 +46,14 @@ clean:
 STACK ?= cdc-pipeline
 REGION ?=
 PROFILE ?=
+# deploy.py and smoke.py need Python 3.11 or later (tomllib, datetime.UTC): PYTHON3=python3.11 names one.
+PYTHON3 ?= python3
 SAM := .venv-tools/sam/bin/sam
 LAYER := build/layer/python
-DEPLOY := python3 -m cdc_pipeline.aws.deploy
+DEPLOY := $(PYTHON3) -m cdc_pipeline.aws.deploy
 TARGET_ARGS = --stack $(STACK) $(if $(REGION),--region $(REGION)) $(if $(PROFILE),--profile $(PROFILE))
+# Refuses an older Python in words any Python 3 (even 2) prints, before a traceback could.
+CHECK_PYTHON3 = @$(PYTHON3) -c 'import sys; sys.version_info >= (3, 11) or sys.exit("make $@: %s is Python %s; the deploy tools need Python 3.11 or later: give one with PYTHON3=python3.11" % (sys.executable, sys.version.split()[0]))'
 
 check-templates:
 	bash scripts/check_templates.sh
@@ -59,24 +63,28 @@ check-templates:
 # IfNoneMatch), which the commit's compare-and-swap needs. The Glue job's zip of the same package
 # is built, content-hashed and uploaded by `deploy.py release`.
 layer:
+	$(CHECK_PYTHON3)
 	rm -rf build/layer
-	python3 -c "import shutil; shutil.copytree('cdc_pipeline', '$(LAYER)/cdc_pipeline', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))"
-	python3 -m pip install --quiet --target $(LAYER) "boto3>=1.36"
+	$(PYTHON3) -c "import shutil; shutil.copytree('cdc_pipeline', '$(LAYER)/cdc_pipeline', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))"
+	$(PYTHON3) -m pip install --quiet --target $(LAYER) "boto3>=1.36"
 
 # Credentials and region first (seconds), then the checks and builds (a minute), then the ordered
 # release: Glue artifacts under content-hashed keys, then one stack update. ENABLE_SCHEDULE=1
 # enables the schedule once everything is in place; without it the schedule stays as it was
-# (DISABLED on a new stack).
+# (DISABLED on a new stack). The release refuses while executions run; FORCE=1 deploys anyway.
 deploy:
+	$(CHECK_PYTHON3)
 	$(DEPLOY) preflight $(TARGET_ARGS)
 	bash scripts/check_templates.sh
 	$(MAKE) --no-print-directory layer
 	$(SAM) build
-	$(DEPLOY) release $(TARGET_ARGS) --sam $(SAM) $(if $(ENABLE_SCHEDULE),--enable-schedule)
+	$(DEPLOY) release $(TARGET_ARGS) --sam $(SAM) $(if $(ENABLE_SCHEDULE),--enable-schedule) $(if $(FORCE),--force)
 
 enable-schedule:
+	$(CHECK_PYTHON3)
 	$(DEPLOY) enable-schedule $(TARGET_ARGS)
 
-# One tiny generated table through the deployed pipeline, checked with Athena, then removed.
+# Two tiny generated tables through the deployed pipeline, checked with Athena, then removed.
 smoke:
-	python3 -m cdc_pipeline.aws.smoke $(TARGET_ARGS)
+	$(CHECK_PYTHON3)
+	$(PYTHON3) -m cdc_pipeline.aws.smoke $(TARGET_ARGS)

@@ -128,11 +128,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace, sfn: object | None = None) -> int:
-    import boto3
-
+    from cdc_pipeline.aws.clients import START_SFN_THREADS, aws_client
     from cdc_pipeline.aws.executions import follow_run, start_run
 
-    client = sfn or boto3.client("stepfunctions")
+    client = sfn or aws_client("stepfunctions", threads=START_SFN_THREADS)
     tables = [name.strip() for name in (args.tables or "").split(",") if name.strip()]
     execution_arn = start_run(client, args.state_machine_arn, args.load_type, tables or None)
     print(f"started {execution_arn}", flush=True)

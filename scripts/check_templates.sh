@@ -153,6 +153,8 @@ for name in sorted(bare & substitutions.keys()):
 def dummy(name: str) -> str:
     if name in bare:
         return "7"
+    if name == "Partition":
+        return "aws"
     if name.endswith("FunctionArn"):
         return f"arn:aws:lambda:us-east-1:123456789012:function:dummy-{name}"
     if name.endswith("BucketName"):
@@ -302,14 +304,21 @@ for name, resource in template["Resources"].items():
                 f"the {limit} its service allows: shorten it, or lower MAX_STACK_NAME in cdc_pipeline/aws/deploy.py"
             )
 
-# Region-safe ARNs: the partition and URL suffix come from the pseudo parameters, never literals.
+# Region-safe ARNs: the partition and URL suffix come from the pseudo parameters, never literals;
+# in the definition, from its Partition substitution (${AWS::Partition}).
 raw_text = Path(template_path).read_text()
 for number, line in enumerate(raw_text.splitlines(), 1):
-    if re.search(r"arn:aws(-cn|-us-gov)?:", line):
+    if re.search(r"arn:aws(-cn|-us-gov|-iso[a-z-]*)?:", line):
         problems.append(f"{template_path}:{number}: a literal ARN partition; write arn:${{AWS::Partition}}:")
     if re.search(r"\$\{AWS::Region\}\.amazonaws\.com", line):
         problems.append(f"{template_path}:{number}: a regional endpoint or principal with a literal "
                         "amazonaws.com; write ${AWS::URLSuffix}")
+for number, line in enumerate(text.splitlines(), 1):
+    if re.search(r"arn:aws(-cn|-us-gov|-iso[a-z-]*)?:", line):
+        problems.append(f"{asl_path}:{number}: a literal ARN partition; write arn:${{Partition}}: "
+                        f"({machine}.DefinitionSubstitutions gives Partition: !Ref AWS::Partition)")
+if substitutions.get("Partition") != {"Ref": "AWS::Partition"}:
+    problems.append(f"{machine}.DefinitionSubstitutions must give Partition: !Ref AWS::Partition")
 
 # KMS use is granted on named keys only: no role may use every key.
 for where, statement in statements(template["Resources"], "Resources"):
@@ -327,7 +336,8 @@ if problems:
 print(f"{len(used)} placeholders, each with a substitution ({', '.join(sorted(bare)) or 'none'} numeric); "
       "no wildcard grants; dashboard body is JSON; every checkov skip has a reason; "
       f"{checked_names} stack-derived names fit their limits with a {max_stack}-character stack name; "
-      "ARNs and regional principals are partition-safe; KMS granted on named keys only")
+      "ARNs and regional principals in the template and the definition are partition-safe; "
+      "KMS granted on named keys only")
 PY
 
 if [[ -f $WORK/definition.asl.json ]]; then

@@ -35,9 +35,13 @@ PLAN_S3_THREADS = max(PLAN_THREADS, IO_THREADS)  # tables listed, then work item
 PLAN_GLUE_THREADS = PLAN_THREADS  # partitioned tables' GetPartitions
 COMMIT_S3_THREADS = IO_THREADS  # manifests read, expired snapshots deleted
 COMMIT_GLUE_THREADS = PUBLISH_THREADS  # output tables updated
-# The Glue job's driver reads its work item and writes its manifest on one thread (Spark reads and
-# writes the data through its own S3 connector): one connection, but the same standard retries.
-GLUE_JOB_S3_THREADS = 1
+# The Glue job's driver reads and writes each table's manifest on the threads that ingest a pack's
+# tables side by side (Spark reads and writes the data through its own S3 connector). That count is
+# cdc_pipeline.glue_job.PACK_PARALLELISM, not imported: glue_job imports pyspark, which the Lambdas
+# that import this module do not have. tests/aws/test_cli_and_client_sizes.py keeps the two equal.
+GLUE_JOB_S3_THREADS = 4
+# `cdc-pipeline start` follows a run on one thread; its client gets the standard retries too.
+START_SFN_THREADS = 1
 
 
 def client_config(threads: int) -> Config:

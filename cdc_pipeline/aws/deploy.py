@@ -16,13 +16,17 @@
     ``format_version`` makes a Glue job given an item it cannot read fail that table, saying so.)
     On a first deploy the artifacts bucket does not exist yet: the stack is created with its
     schedule DISABLED, then the artifacts are uploaded; nothing runs in between unless started by
-    hand.
+    hand. An update is refused, before anything is uploaded, while executions of the stack's state
+    machine run: they would finish on the new code (``--force`` deploys anyway), and so is one of a
+    stack CloudFormation cannot update now (rolled back, a change set never executed, busy), each
+    saying how to get it out of that state.
 ``enable-schedule``
     Turns the schedule on through the stack's ``ScheduleState`` parameter (so the next deploy keeps
     it on), once the deploy is complete.
 
-Plain ``python3`` with boto3 runs it: deploying needs neither the dev virtualenv nor Java. Every
-AWS call goes to the deploy's region, with its profile.
+Plain ``python3`` (3.11 or later, which the Makefile checks first) with boto3 runs it: deploying
+needs neither the dev virtualenv nor Java. Every AWS call goes to the deploy's region, with its
+profile.
 """
 
 from __future__ import annotations
@@ -57,6 +61,37 @@ CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND")
 SAMCONFIG = Path("samconfig.toml")
 SAMCONFIG_ENV = "default"
 BUSY_STATUS = re.compile(r"_IN_PROGRESS$")
+# What to do with a stack CloudFormation will not update; {stack} and {where} are filled in.
+STUCK_STATUS = {
+    "ROLLBACK_COMPLETE": (
+        "its creation failed and was rolled back, and CloudFormation cannot update such a stack. See why in "
+        "its events (aws cloudformation describe-stack-events --stack-name {stack} {where}), delete it "
+        "(aws cloudformation delete-stack --stack-name {stack} {where}), then run make deploy again"
+    ),
+    "ROLLBACK_FAILED": (
+        "its creation failed and so did the rollback. See why in its events (aws cloudformation "
+        "describe-stack-events --stack-name {stack} {where}), delete it (aws cloudformation delete-stack "
+        "--stack-name {stack} {where}), then run make deploy again"
+    ),
+    "REVIEW_IN_PROGRESS": (
+        "a change set created it and was never executed (a first sam deploy answered no to 'Deploy this "
+        "changeset?', or was stopped). Execute that change set (aws cloudformation list-change-sets "
+        "--stack-name {stack} {where}, then aws cloudformation execute-change-set --change-set-name <name> "
+        "--stack-name {stack} {where}) or delete the stack (aws cloudformation delete-stack --stack-name "
+        "{stack} {where}), then run make deploy again"
+    ),
+    "UPDATE_ROLLBACK_FAILED": (
+        "an update failed and so did its rollback. Finish the rollback (aws cloudformation "
+        "continue-update-rollback --stack-name {stack} {where}), then run make deploy again"
+    ),
+    "DELETE_FAILED": (
+        "deleting it failed. See why in its events (aws cloudformation describe-stack-events --stack-name "
+        "{stack} {where}), delete it again, then run make deploy"
+    ),
+}
+# The deploy refuses to update a stack while executions run (they would finish on the new code);
+# --force (make deploy FORCE=1) deploys anyway.
+RUNNING = "RUNNING"
 
 DESCRIPTION = "Deploy the cdc-pipeline stack: checks first, Glue artifacts before the stack update."
 Say = Callable[[str], None]
@@ -383,12 +418,65 @@ def describe_stack(cloudformation: Any, stack: str) -> Stack | None:
 
 
 def _require_idle(stack: Stack | None, target: Target) -> None:
-    if stack is not None and BUSY_STATUS.search(stack.status):
+    """Refuse a stack CloudFormation cannot update now: stuck (say how to free it) or busy (wait).
+
+    Raises
+    ------
+    DeployError
+        Naming the stack's status and the commands that get it out of it.
+    """
+    if stack is None:
+        return
+    where = " ".join(target.cli_options())
+    if stack.status in STUCK_STATUS:
         raise DeployError(
-            f"stack {target.stack} is {stack.status} in {target.region}: wait for it to finish "
-            f"(aws cloudformation wait stack-update-complete --stack-name {target.stack} "
-            f"{' '.join(target.cli_options())}) and run make deploy again"
+            f"stack {target.stack} is {stack.status} in {target.region}: "
+            + STUCK_STATUS[stack.status].format(stack=target.stack, where=where)
         )
+    if BUSY_STATUS.search(stack.status):
+        waiter = {"CREATE": "stack-create-complete", "DELETE": "stack-delete-complete"}.get(
+            stack.status.split("_", 1)[0], "stack-update-complete"
+        )
+        raise DeployError(
+            f"stack {target.stack} is {stack.status} in {target.region}: wait for it to finish (aws "
+            f"cloudformation wait {waiter} --stack-name {target.stack} {where}) and run make deploy again"
+        )
+
+
+def running_executions(sfn: Any, state_machine_arn: str) -> int:
+    """How many executions of the state machine are RUNNING (child executions of a Distributed Map
+    are not listed: their parent runs as long as they do)."""
+    pages = sfn.get_paginator("list_executions").paginate(
+        stateMachineArn=state_machine_arn, statusFilter=RUNNING
+    )
+    return sum(len(page["executions"]) for page in pages)
+
+
+def _require_no_running_executions(session: Any, target: Target, stack: Stack) -> None:
+    """Refuse to update the code under running executions: one planned at this version would ingest
+    and commit at the next (the Plan Lambda, the Glue job and the Commit Lambda move together).
+
+    Raises
+    ------
+    DeployError
+        Saying how many run, how to wait for or stop them, and how to deploy anyway.
+    """
+    state_machine_arn = stack.outputs.get("StateMachineArn")
+    if not state_machine_arn:
+        return
+    sfn = session.client("stepfunctions", region_name=target.region)
+    count = running_executions(sfn, state_machine_arn)
+    if not count:
+        return
+    where = " ".join(target.cli_options())
+    raise DeployError(
+        f"{count} execution(s) of {state_machine_arn} are RUNNING: updating the stack now would let them "
+        "finish on the new code (planned by one version, ingested and committed by the next). Wait for "
+        f"them to end (aws stepfunctions list-executions --state-machine-arn {state_machine_arn} "
+        f"--status-filter RUNNING {where}) or stop them (aws stepfunctions stop-execution "
+        f"--execution-arn <arn> {where}; a stopped run commits nothing and the next run ingests its "
+        "tables), then run make deploy again; make deploy FORCE=1 deploys anyway"
+    )
 
 
 def release(
@@ -400,14 +488,26 @@ def release(
     sam: str,
     run: SamRunner = run_sam,
     enable: bool = False,
+    force: bool = False,
     say: Say = print,
 ) -> Stack:
     """Upload the Glue artifacts and update the stack in the order that never mixes versions.
+
+    Parameters
+    ----------
+    force
+        Update the stack even while executions run (they may then finish on the new code).
 
     Returns
     -------
     Stack
         The stack as the deploy left it.
+
+    Raises
+    ------
+    DeployError
+        Before anything is uploaded or deployed when the stack cannot be updated now (stuck, busy,
+        executions running, not a cdc-pipeline stack); after, when the update did not apply.
     """
     cloudformation = session.client("cloudformation", region_name=target.region)
     s3 = session.client("s3", region_name=target.region)
@@ -415,8 +515,18 @@ def release(
     _require_idle(before, target)
     version = artifacts.version
     if before is not None:
+        bucket = before.outputs.get("ArtifactsBucketName")
+        if not bucket:
+            raise DeployError(
+                f"stack {target.stack} ({before.status}) in {target.region} has no ArtifactsBucketName "
+                "output: is it a cdc-pipeline stack? Choose another STACK"
+            )
+        if force:
+            say("--force: not checking for running executions")
+        else:
+            _require_no_running_executions(session, target, before)
         say(f"updating stack {target.stack} in {target.region}; Glue artifacts version {version}")
-        upload_glue_artifacts(s3, before.outputs["ArtifactsBucketName"], artifacts, say)
+        upload_glue_artifacts(s3, bucket, artifacts, say)
         schedule = "ENABLED" if enable else before.parameters.get("ScheduleState", "DISABLED")
         run(
             sam_deploy_command(
@@ -505,6 +615,9 @@ def main(argv: Sequence[str] | None = None, root: Path = Path()) -> int:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--sam", default="sam", help="the SAM CLI to run")
     parser.add_argument("--enable-schedule", action="store_true", help="enable the schedule once deployed")
+    parser.add_argument(
+        "--force", action="store_true", help="update the stack even while executions of it run"
+    )
     args = parser.parse_args(argv)
     if importlib.util.find_spec("boto3") is None:
         print(
@@ -531,6 +644,7 @@ def main(argv: Sequence[str] | None = None, root: Path = Path()) -> int:
                 samconfig=samconfig,
                 sam=args.sam,
                 enable=args.enable_schedule,
+                force=args.force,
             )
         else:
             enable_schedule(target, session=session)

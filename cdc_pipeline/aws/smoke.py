@@ -1,18 +1,21 @@
-"""A smoke test of a deployed stack: one tiny generated table, one execution, the output read back.
+"""A smoke test of a deployed stack: two tiny generated tables, one execution, the output read back.
 
 ``make smoke`` (``python3 -m cdc_pipeline.aws.smoke``) proves a deploy end to end on a real account:
 
-1. lands a three-row CSV table ``cdc_smoke_<token>`` under the stack's ``SourceDataLocation`` and
-   describes it in its ``SourceDatabase`` (and, only when the registry holds no CSV yet, writes a
-   registry file naming it);
-2. runs one execution of the state machine for that table alone (``load_type`` full) and waits
-   for it, printing each table's outcome;
-3. checks the commit result and counts the output table's rows with Athena;
-4. removes everything it made: the landed file and the source table, the registry file it wrote,
-   the output table and snapshot files, the Athena results, and the table's entry in the state
+1. lands two small CSV tables, ``cdc_smoke_<token>_a`` (three rows) and ``cdc_smoke_<token>_b``
+   (two), under the stack's ``SourceDataLocation`` and describes them in its ``SourceDatabase``
+   (and, only when the registry holds no CSV yet, writes a registry file naming them). Two small
+   tables share one Glue run (a pack) unless the stack's ``PackMiB`` is 0, so a pack's work-item
+   file, its Glue run and its per-table manifests are proved too;
+2. runs one execution of the state machine for those tables alone (``load_type`` full) and waits
+   for it, printing each Glue run's outcome;
+3. checks the commit result and counts each output table's rows with Athena;
+4. removes everything it made: the landed files and the source tables, the registry file it wrote,
+   the output tables and snapshot files, the Athena results, and the tables' entries in the state
    (one more compare-and-swap revision, so the state's history records it).
 
-It exits 0 when every check passed. Plain ``python3`` with boto3 runs it, like the deploy.
+It exits 0 when every check passed. Plain ``python3`` (3.11 or later) with boto3 runs it, like the
+deploy.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc_pipeline.aws.deploy import (
+    STUCK_STATUS,
     DeployError,
     Target,
     check_credentials,
@@ -47,6 +51,9 @@ SMOKE_ROWS = (
     ("2", "beta", "2026-01-01T00:00:01Z"),
     ("3", "gamma", "2026-01-01T00:00:02Z"),
 )
+# The smoke tables by suffix and their rows: two, of different counts, so that a pack of small
+# tables is exercised and each table's count is its own.
+SMOKE_TABLES = (("a", SMOKE_ROWS), ("b", SMOKE_ROWS[:2]))
 COLUMNS = (("id", "bigint"), ("name", "string"), ("updated_at", "string"))
 TEXT_INPUT = "org.apache.hadoop.mapred.TextInputFormat"
 TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
@@ -81,6 +88,11 @@ class DeployedStack:
         stack = describe_stack(cloudformation, name)
         if stack is None:
             raise DeployError(f"stack {name} does not exist here: run make deploy first (or give REGION=)")
+        if stack.status in STUCK_STATUS:
+            raise DeployError(
+                f"stack {name} is {stack.status}: there is no deployed pipeline to test; make deploy says "
+                f"how to get the stack out of {stack.status}"
+            )
         try:
             return cls(
                 name=name,
@@ -112,11 +124,11 @@ def _split(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def smoke_csv() -> bytes:
+def smoke_csv(rows: Sequence[tuple[str, str, str]] = SMOKE_ROWS) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([name for name, _ in COLUMNS])
-    writer.writerows(SMOKE_ROWS)
+    writer.writerows(rows)
     return buffer.getvalue().encode()
 
 
@@ -124,44 +136,53 @@ def smoke_csv() -> bytes:
 class Made:
     """What the smoke test created, so that cleaning up removes exactly that."""
 
-    table: str
+    token: str
     source_keys: list[tuple[str, str]] = field(default_factory=list)
-    source_table: bool = False
+    source_tables: list[str] = field(default_factory=list)
     registry_key: tuple[str, str] | None = None
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Each smoke table, by name, with the rows it lands."""
+        return {f"{SMOKE_PREFIX}{self.token}_{suffix}": len(rows) for suffix, rows in SMOKE_TABLES}
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self.rows)
 
 
 def land(s3: Any, glue: Any, stack: DeployedStack, made: Made) -> None:
-    """Land the smoke table's one CSV file, describe it in the source database, name it in the registry."""
+    """Land each smoke table's CSV file, describe it in the source database, name them in the registry."""
     bucket, prefix = _split(stack.source_location)
-    folder = f"{prefix}{made.table}/"
-    s3.put_object(Bucket=bucket, Key=f"{folder}part-00000.csv", Body=smoke_csv())
-    made.source_keys.append((bucket, f"{folder}part-00000.csv"))
-    glue.create_table(
-        DatabaseName=stack.source_database,
-        TableInput={
-            "Name": made.table,
-            "Description": "cdc-pipeline smoke test table; make smoke removes it",
-            "TableType": "EXTERNAL_TABLE",
-            "Parameters": {"classification": "csv", "skip.header.line.count": "1"},
-            "StorageDescriptor": {
-                "Columns": [{"Name": name, "Type": kind} for name, kind in COLUMNS],
-                "Location": f"s3://{bucket}/{folder}",
-                "InputFormat": TEXT_INPUT,
-                "OutputFormat": TEXT_OUTPUT,
-                "SerdeInfo": {"SerializationLibrary": LAZY_SIMPLE, "Parameters": {"field.delim": ","}},
+    for table, (_, rows) in zip(made.tables, SMOKE_TABLES, strict=True):
+        folder = f"{prefix}{table}/"
+        s3.put_object(Bucket=bucket, Key=f"{folder}part-00000.csv", Body=smoke_csv(rows))
+        made.source_keys.append((bucket, f"{folder}part-00000.csv"))
+        glue.create_table(
+            DatabaseName=stack.source_database,
+            TableInput={
+                "Name": table,
+                "Description": "cdc-pipeline smoke test table; make smoke removes it",
+                "TableType": "EXTERNAL_TABLE",
+                "Parameters": {"classification": "csv", "skip.header.line.count": "1"},
+                "StorageDescriptor": {
+                    "Columns": [{"Name": name, "Type": kind} for name, kind in COLUMNS],
+                    "Location": f"s3://{bucket}/{folder}",
+                    "InputFormat": TEXT_INPUT,
+                    "OutputFormat": TEXT_OUTPUT,
+                    "SerdeInfo": {"SerializationLibrary": LAZY_SIMPLE, "Parameters": {"field.delim": ","}},
+                },
             },
-        },
-    )
-    made.source_table = True
+        )
+        made.source_tables.append(table)
     registry_bucket, registry_prefix = _split(stack.registry_prefix)
     listing = s3.list_objects_v2(Bucket=registry_bucket, Prefix=registry_prefix)
     if not any(item["Key"].endswith(".csv") for item in listing.get("Contents", [])):
         # Without any registry file every run stops; with one, an unnamed table is appended as is,
         # so the smoke test never writes a newer registry file over the operator's.
-        key = f"{registry_prefix}{made.table}.csv"
-        s3.put_object(
-            Bucket=registry_bucket, Key=key, Body=f"table_name,primary_key\n{made.table},id\n".encode()
-        )
+        key = f"{registry_prefix}{SMOKE_PREFIX}{made.token}.csv"
+        body = "table_name,primary_key\n" + "".join(f"{table},id\n" for table in made.tables)
+        s3.put_object(Bucket=registry_bucket, Key=key, Body=body.encode())
         made.registry_key = (registry_bucket, key)
 
 
@@ -174,18 +195,20 @@ def run_execution(sfn: Any, state_machine_arn: str, run_input: dict[str, Any]) -
     return follow_run(sfn, arn, lambda table, message: print(f"[{table}] {message}", flush=True))
 
 
-def check_execution(execution: dict[str, Any], table: str) -> dict[str, Any]:
-    """The commit result of a successful execution that ingested ``table``."""
+def check_execution(execution: dict[str, Any], tables: Sequence[str]) -> dict[str, Any]:
+    """The output (plan and commit results) of a successful execution that ingested ``tables``."""
     if execution.get("status") != "SUCCEEDED":
         raise SmokeFailed(
             f"execution {execution.get('executionArn')} ended {execution.get('status')}: "
             f"{execution.get('error', '')} {execution.get('cause', '')}".strip()
             + " (open it in the Step Functions console; the Glue job's logs are in the GlueLogGroups output)"
         )
-    commit = dict(json.loads(execution.get("output") or "{}").get("commit", {}))
-    if commit.get("succeeded_count", 0) < 1 or table in commit.get("failed_tables", []):
-        raise SmokeFailed(f"the run did not commit {table}: {json.dumps(commit)}")
-    return commit
+    output = dict(json.loads(execution.get("output") or "{}"))
+    commit = output.get("commit", {})
+    failed = [table for table in tables if table in commit.get("failed_tables", [])]
+    if commit.get("succeeded_count", 0) < len(tables) or failed:
+        raise SmokeFailed(f"the run did not commit {', '.join(failed or tables)}: {json.dumps(commit)}")
+    return output
 
 
 def count_rows(
@@ -236,27 +259,28 @@ def clean_up(session: Any, stack: DeployedStack, made: Made, results_location: s
         except ClientError as exc:
             failures.append(f"{what}: {exc}")
 
-    for bucket, key in made.source_keys:
+    for bucket, key in [*made.source_keys, *([made.registry_key] if made.registry_key else [])]:
         attempt(f"s3://{bucket}/{key}", partial(s3.delete_object, Bucket=bucket, Key=key))
-    if made.registry_key:
-        bucket, key = made.registry_key
-        attempt(f"s3://{bucket}/{key}", lambda: s3.delete_object(Bucket=bucket, Key=key))
-    if made.source_table:
+    for table in made.source_tables:
         attempt(
-            f"{stack.source_database}.{made.table}",
-            lambda: glue.delete_table(DatabaseName=stack.source_database, Name=made.table),
+            f"{stack.source_database}.{table}",
+            partial(glue.delete_table, DatabaseName=stack.source_database, Name=table),
         )
-    if _table_exists(glue, stack.output_database, made.table):
-        attempt(
-            f"{stack.output_database}.{made.table}",
-            lambda: glue.delete_table(DatabaseName=stack.output_database, Name=made.table),
-        )
-    for location in (f"{stack.output_location}/{made.table}/", results_location):
+    for table in made.tables:
+        if _table_exists(glue, stack.output_database, table):
+            attempt(
+                f"{stack.output_database}.{table}",
+                partial(glue.delete_table, DatabaseName=stack.output_database, Name=table),
+            )
+    for location in [*(f"{stack.output_location}/{table}/" for table in made.tables), results_location]:
         attempt(location, partial(_delete_prefix, s3, location))
-    attempt(f"{made.table} in the state", lambda: _forget_table(s3, stack, made.table))
+    attempt(
+        f"{', '.join(made.tables)} in the state",
+        lambda: _forget_tables(s3, stack, made.tables, f"smoke-cleanup-{made.token}"),
+    )
     if failures:
         raise SmokeFailed("cleaning up left " + "; ".join(failures))
-    say(f"removed the smoke table {made.table}, its output and its state entry")
+    say(f"removed the smoke tables {', '.join(made.tables)}, their output and their state entries")
 
 
 def _table_exists(glue: Any, database: str, table: str) -> bool:
@@ -275,22 +299,22 @@ def _delete_prefix(s3: Any, location: str) -> None:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
-def _forget_table(s3: Any, stack: DeployedStack, table: str) -> None:
-    """Drop the table's tracker in one compare-and-swap revision (retried once on a race)."""
+def _forget_tables(s3: Any, stack: DeployedStack, tables: Sequence[str], run_id: str) -> None:
+    """Drop the tables' trackers in one compare-and-swap revision (retried once on a race)."""
     from cdc_pipeline.aws.s3 import S3StateStore
     from cdc_pipeline.errors import CommitConflictError
 
     store = S3StateStore(stack.state_location, client=s3)
     for attempt in range(2):
         document, version = store.read()
-        if table not in document.tables:
+        if not set(tables) & set(document.tables):
             return
         forgotten = replace(
             document,
             revision=document.revision + 1,
-            run_id=f"smoke-cleanup-{table}",
+            run_id=run_id,
             committed_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            tables={name: state for name, state in document.tables.items() if name != table},
+            tables={name: state for name, state in document.tables.items() if name not in tables},
         )
         try:
             store.write(forgotten, version)
@@ -310,46 +334,55 @@ def run_smoke(
     keep: bool = False,
     athena_timeout_s: float = 300,
     say: Say = print,
-) -> int:
-    """Land, run, check and clean up; the number of rows Athena counted in the output table."""
+) -> dict[str, int]:
+    """Land, run, check and clean up; the rows Athena counted in each output table, by table."""
     stack = DeployedStack.describe(session.client("cloudformation"), target.stack)
-    made = Made(table=f"{SMOKE_PREFIX}{token or uuid.uuid4().hex[:8]}")
-    if not stack.selects(made.table):
+    made = Made(token=token or uuid.uuid4().hex[:8])
+    left_out = [table for table in made.tables if not stack.selects(table)]
+    if left_out:
         raise DeployError(
-            f"the stack's TableInclude/TableExclude leave out {made.table}: "
+            f"the stack's TableInclude/TableExclude leave out {', '.join(left_out)}: "
             f"include {SMOKE_PREFIX}* to smoke-test it"
         )
-    results_location = f"{stack.state_location}/smoke/{made.table}/athena/"
+    results_location = f"{stack.state_location}/smoke/{SMOKE_PREFIX}{made.token}/athena/"
     try:
-        say(f"landing {made.table} ({len(SMOKE_ROWS)} rows) under {stack.source_location}")
+        landed = ", ".join(f"{table} ({rows} rows)" for table, rows in made.rows.items())
+        say(f"landing {landed} under {stack.source_location}")
         land(session.client("s3"), session.client("glue"), stack, made)
         execution = run(
             session.client("stepfunctions"),
             stack.state_machine_arn,
-            {"load_type": "full", "tables": [made.table]},
+            {"load_type": "full", "tables": made.tables},
         )
-        commit = check_execution(execution, made.table)
-        say(f"committed revision {commit.get('revision')}: {commit.get('rows_written')} rows written")
-        rows = count_rows(
-            session.client("athena"),
-            stack,
-            made.table,
-            workgroup=workgroup,
-            results_location=results_location,
-            timeout_s=athena_timeout_s,
-        )
-        if rows != len(SMOKE_ROWS):
-            raise SmokeFailed(
-                f"Athena counts {rows} rows in {stack.output_database}.{made.table}, "
-                f"expected {len(SMOKE_ROWS)}"
-            )
+        output = check_execution(execution, made.tables)
+        commit, glue_runs = output["commit"], output.get("plan", {}).get("item_count")
         say(
-            f"Athena reads {rows} rows from {stack.output_database}.{made.table}: the deploy works end to end"
+            f"committed revision {commit.get('revision')}: {len(made.tables)} tables in {glue_runs} Glue "
+            f"run(s){' (a pack)' if glue_runs == 1 else ''}, {commit.get('rows_written')} rows written"
         )
-        return rows
+        counted: dict[str, int] = {}
+        for table, expected in made.rows.items():
+            counted[table] = count_rows(
+                session.client("athena"),
+                stack,
+                table,
+                workgroup=workgroup,
+                results_location=results_location,
+                timeout_s=athena_timeout_s,
+            )
+            if counted[table] != expected:
+                raise SmokeFailed(
+                    f"Athena counts {counted[table]} rows in {stack.output_database}.{table}, "
+                    f"expected {expected}"
+                )
+        read = ", ".join(
+            f"{rows} rows from {stack.output_database}.{table}" for table, rows in counted.items()
+        )
+        say(f"Athena reads {read}: the deploy works end to end")
+        return counted
     finally:
         if keep:
-            say(f"kept {made.table} and its output (--keep)")
+            say(f"kept {', '.join(made.tables)} and their output (--keep)")
         else:
             clean_up(session, stack, made, results_location, say)
 

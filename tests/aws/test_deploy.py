@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from .conftest import REGION
 ROOT = Path(__file__).resolve().parents[2]
 STACK = "cdc-dev"
 JOB = f"{STACK}-ingest-table"
+STATE_MACHINE = f"arn:aws:states:{REGION}:123456789012:stateMachine:{STACK}-cdc-pipeline"
 TARGET = Target(stack=STACK, region=REGION)
 GUIDED_SAMCONFIG: dict[str, Any] = {}
 SAVED_SAMCONFIG = {
@@ -123,7 +125,8 @@ def test_make_deploy_checks_credentials_first_and_passes_region_and_profile_to_e
         check=True,
     )
     lines = [line for line in done.stdout.splitlines() if line.strip() and not line.startswith("make")]
-    assert "cdc_pipeline.aws.deploy preflight" in lines[0]
+    assert "sys.version_info >= (3, 11)" in lines[0]  # the Python check, then the credentials
+    assert "cdc_pipeline.aws.deploy preflight" in lines[1]
     assert lines.index(next(line for line in lines if "check_templates.sh" in line)) > 0
     release_line = next(line for line in lines if "cdc_pipeline.aws.deploy release" in line)
     assert lines.index(release_line) > lines.index(next(line for line in lines if " build" in line))
@@ -131,6 +134,50 @@ def test_make_deploy_checks_credentials_first_and_passes_region_and_profile_to_e
     assert len(aws_steps) == 4  # preflight, release, smoke, enable-schedule
     for line in aws_steps:
         assert "--region eu-central-1 --profile prod" in line, line
+
+
+FAKE_PYTHON = """#!{executable}
+import sys
+if sys.argv[1] == "-c":  # the Makefile's version check, run as the Python being faked would
+    sys.version_info = {version}
+    sys.version = "{dotted} (fake)"
+    exec(sys.argv[2])
+else:
+    print("ran", *sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("verb", ["deploy", "smoke", "enable-schedule"])
+def test_make_refuses_a_python_older_than_3_11_before_any_step_saying_how_to_give_one(
+    tmp_path: Path, verb: str
+) -> None:
+    def make_with(version: tuple[int, int, int]) -> subprocess.CompletedProcess[str]:
+        dotted = ".".join(map(str, version))
+        python = tmp_path / f"python{dotted}"
+        python.write_text(FAKE_PYTHON.format(executable=sys.executable, version=version, dotted=dotted))
+        python.chmod(0o755)
+        return subprocess.run(
+            ["make", verb, f"PYTHON3={python}", "REGION=eu-central-1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    old = make_with((3, 10, 13))
+    assert old.returncode != 0
+    assert f"make {verb}: " in old.stderr
+    assert (
+        "is Python 3.10.13; the deploy tools need Python 3.11 or later: give one with PYTHON3=python3.11"
+        in (old.stderr)
+    )
+    assert "ran" not in old.stdout  # no step ran
+
+    if verb != "deploy":  # deploy's next steps would build for real
+        current = make_with((3, 11, 7))
+        assert current.returncode == 0, current.stderr
+        assert "ran -m cdc_pipeline.aws." in current.stdout
 
 
 # ---------------------------------------------------------------- artifacts and sam deploy
@@ -203,6 +250,7 @@ STACK_TEMPLATE = {
         "ArtifactsBucketName": {"Value": {"Ref": "ArtifactsBucket"}},
         "GlueArtifactsVersion": {"Value": {"Ref": "GlueArtifactsVersion"}},
         "ScheduleName": {"Value": "run-schedule"},
+        "StateMachineArn": {"Value": STATE_MACHINE},
     },
 }
 V1 = GlueArtifacts(script=b"script of release 1", package=b"package of release 1")
@@ -298,6 +346,11 @@ def world(boto_session: Any) -> Any:
         )
         found = World(session)
         session.events.register("after-call.s3.PutObject", lambda **_: found.probe("after an upload"))
+        session.client("stepfunctions").create_state_machine(
+            name=STATE_MACHINE.rsplit(":", 1)[1],
+            definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
+            roleArn="arn:aws:iam::123456789012:role/sfn",
+        )
         yield found
 
 
@@ -305,7 +358,9 @@ VERSIONED_SCRIPT = "glue/{GlueArtifactsVersion}/ingest_table.py"
 VERSIONED_PACKAGE = "glue/{GlueArtifactsVersion}/cdc_pipeline.zip"
 
 
-def _release(world: World, artifacts: GlueArtifacts, number: int, *, enable: bool = False) -> deploy.Stack:
+def _release(
+    world: World, artifacts: GlueArtifacts, number: int, *, enable: bool = False, force: bool = False
+) -> deploy.Stack:
     return release(
         TARGET,
         artifacts,
@@ -314,6 +369,7 @@ def _release(world: World, artifacts: GlueArtifacts, number: int, *, enable: boo
         sam="sam",
         run=world.stack_update(number, VERSIONED_SCRIPT, VERSIONED_PACKAGE),
         enable=enable,
+        force=force,
         say=lambda message: None,
     )
 
@@ -379,7 +435,7 @@ def test_a_redeploy_of_the_same_code_uploads_nothing(world: World) -> None:
     _release(world, V1, 1)
     uploads: list[str] = []
     world.session.events.register(
-        "before-call.s3.PutObject", lambda params, **_: uploads.append(params["Key"])
+        "before-parameter-build.s3.PutObject", lambda params, **_: uploads.append(params["Key"])
     )
 
     _release(world, V1, 1)
@@ -420,3 +476,112 @@ def test_a_stack_that_did_not_move_to_the_new_version_fails_the_deploy(world: Wo
             run=lambda command: None,  # sam deploy "succeeded" without changing the stack
             say=lambda message: None,
         )
+
+
+# ---------------------------------------------------------------- what the deploy refuses
+
+
+def test_a_deploy_is_refused_while_executions_run_before_anything_is_uploaded(world: World) -> None:
+    _release(world, V1, 1)
+    sfn = world.session.client("stepfunctions")
+    running = [sfn.start_execution(stateMachineArn=STATE_MACHINE)["executionArn"] for _ in range(2)]
+    uploads: list[str] = []
+    world.session.events.register(
+        "before-parameter-build.s3.PutObject", lambda params, **_: uploads.append(params["Key"])
+    )
+
+    with pytest.raises(DeployError) as refused:
+        _release(world, V2, 2)
+
+    message = str(refused.value)
+    assert f"2 execution(s) of {STATE_MACHINE} are RUNNING" in message
+    assert f"list-executions --state-machine-arn {STATE_MACHINE} --status-filter RUNNING" in message
+    assert "stop-execution" in message
+    assert "make deploy FORCE=1" in message
+    assert (uploads, world.lambdas_release) == ([], 1)  # nothing uploaded, the stack not updated
+
+    for arn in running:
+        sfn.stop_execution(executionArn=arn)
+    assert _release(world, V2, 2).outputs["GlueArtifactsVersion"] == V2.version
+
+
+def test_a_forced_deploy_updates_the_stack_under_running_executions(world: World) -> None:
+    _release(world, V1, 1)
+    world.session.client("stepfunctions").start_execution(stateMachineArn=STATE_MACHINE)
+
+    stack = _release(world, V2, 2, force=True)
+
+    assert stack.outputs["GlueArtifactsVersion"] == V2.version
+    assert world.lambdas_release == 2
+
+
+def test_make_deploy_forces_only_when_asked() -> None:
+    def release_line(*variables: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "deploy", *variables], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        return next(line for line in done.stdout.splitlines() if "cdc_pipeline.aws.deploy release" in line)
+
+    assert "--force" not in release_line()
+    assert release_line("FORCE=1").endswith("--force")
+
+
+def test_a_stack_whose_first_change_set_was_never_executed_is_refused_saying_what_to_do(world: World) -> None:
+    # A first sam deploy that was answered "n" at "Deploy this changeset?": the stack exists, empty.
+    world.cloudformation.create_change_set(
+        StackName=STACK,
+        ChangeSetName="samcli-deploy-1",
+        TemplateBody=json.dumps(STACK_TEMPLATE),
+        ChangeSetType="CREATE",
+        Parameters=[{"ParameterKey": "GlueArtifactsVersion", "ParameterValue": V1.version}],
+    )
+    ran: list[list[str]] = []
+
+    with pytest.raises(DeployError) as refused:
+        release(TARGET, V1, session=world.session, samconfig=SAVED_SAMCONFIG, sam="sam", run=ran.append)
+
+    message = str(refused.value)
+    assert message.startswith(f"stack {STACK} is REVIEW_IN_PROGRESS in {REGION}: a change set created it")
+    assert f"execute-change-set --change-set-name <name> --stack-name {STACK} --region {REGION}" in message
+    assert f"delete-stack --stack-name {STACK} --region {REGION}" in message
+    assert ran == []
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [
+        ("ROLLBACK_COMPLETE", f"delete-stack --stack-name {STACK} --region {REGION} --profile prod"),
+        ("ROLLBACK_FAILED", f"delete-stack --stack-name {STACK} --region {REGION} --profile prod"),
+        ("UPDATE_ROLLBACK_FAILED", f"continue-update-rollback --stack-name {STACK} --region {REGION}"),
+        ("CREATE_IN_PROGRESS", f"wait stack-create-complete --stack-name {STACK} --region {REGION}"),
+        ("UPDATE_IN_PROGRESS", f"wait stack-update-complete --stack-name {STACK} --region {REGION}"),
+    ],
+)
+def test_a_stack_cloudformation_cannot_update_now_is_refused_naming_the_way_out(
+    world: World, monkeypatch: pytest.MonkeyPatch, status: str, advice: str
+) -> None:
+    # A failed creation leaves no outputs: the deploy must say what to do, not fail on a missing key.
+    monkeypatch.setattr(deploy, "describe_stack", lambda cloudformation, stack: deploy.Stack(status, {}, {}))
+    ran: list[list[str]] = []
+    target = Target(stack=STACK, region=REGION, profile="prod")
+
+    with pytest.raises(DeployError) as refused:
+        release(target, V1, session=world.session, samconfig=SAVED_SAMCONFIG, sam="sam", run=ran.append)
+
+    assert str(refused.value).startswith(f"stack {STACK} is {status} in {REGION}: ")
+    assert advice in str(refused.value)
+    assert ran == []
+
+
+def test_a_stack_that_is_not_a_cdc_pipeline_stack_is_refused_before_anything_is_uploaded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        deploy, "describe_stack", lambda cloudformation, stack: deploy.Stack("UPDATE_COMPLETE", {}, {})
+    )
+    ran: list[list[str]] = []
+
+    with pytest.raises(DeployError, match=r"has no ArtifactsBucketName output: is it a cdc-pipeline stack"):
+        release(TARGET, V1, session=world.session, samconfig=SAVED_SAMCONFIG, sam="sam", run=ran.append)
+
+    assert ran == []

@@ -1,10 +1,10 @@
 """The smoke test's steps (``cdc_pipeline.aws.smoke``) against a stack on moto.
 
 The execution itself cannot run here (no Glue): a fake run does what a successful one leaves
-behind for the smoke table (the output Glue table over a snapshot folder, the table's tracker in
-the state, Athena's answer to the count) after checking it was asked for that table alone. What is
-tested is the smoke test's own logic: what it lands, what it checks, and that it removes what it
-made and nothing else, whether the checks pass or fail.
+behind for the smoke tables (each output Glue table over a snapshot folder, each table's tracker
+in the state, Athena's answer to each count), from the rows landed for each. What is tested is the
+smoke test's own logic: what it lands, what it checks, and that it removes what it made and
+nothing else, whether the checks pass or fail.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ STACK = "cdc-smoke"
 LANDING, STATE, OUTPUT = "landing", "pipeline-state", "pipeline-output"
 SOURCE_DATABASE, OUTPUT_DATABASE = "raw", "cdc_smoke_current"
 TOKEN = "0a1b2c3d"
-TABLE = f"cdc_smoke_{TOKEN}"
+TABLES = {f"cdc_smoke_{TOKEN}_a": 3, f"cdc_smoke_{TOKEN}_b": 2}  # each smoke table and its rows
 OPERATORS_REGISTRY = "registry/tables-2026-01-01.csv"
 
 
@@ -84,52 +84,70 @@ class Account:
         return sorted(item["Key"] for item in self.s3.list_objects_v2(Bucket=bucket).get("Contents", []))
 
     def pipeline(
-        self, rows_athena_counts: int | None = None, status: str = "SUCCEEDED"
+        self, rows_athena_counts: dict[str, int] | None = None, status: str = "SUCCEEDED"
     ) -> Callable[..., Any]:
-        """A run that ingests what was landed; Athena then counts ``rows_athena_counts`` (default: right)."""
+        """A run that ingests what was landed for the tables it is given, in one Glue run (a pack);
+        Athena then counts ``rows_athena_counts`` (by default: the rows landed)."""
 
         def run(sfn: Any, state_machine_arn: str, run_input: dict[str, Any]) -> dict[str, Any]:
             self.runs.append(run_input)
-            source = self.glue.get_table(DatabaseName=SOURCE_DATABASE, Name=TABLE)["Table"]
-            bucket, _, prefix = source["StorageDescriptor"]["Location"].removeprefix("s3://").partition("/")
-            landed = [
-                line
-                for item in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
-                for line in self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().splitlines()[1:]
-            ]
             if status != "SUCCEEDED":
                 return {
                     "executionArn": "arn:exec:1",
                     "status": status,
                     "error": "TablesFailed",
-                    "cause": TABLE,
+                    "cause": ", ".join(run_input["tables"]),
                 }
-            snapshot = f"current/{TABLE}/snapshots/r1/"
-            self.s3.put_object(Bucket=OUTPUT, Key=f"{snapshot}part-0.parquet", Body=b"PAR1")
-            self.glue.create_table(
-                DatabaseName=OUTPUT_DATABASE,
-                TableInput={"Name": TABLE, "StorageDescriptor": {"Location": f"s3://{OUTPUT}/{snapshot}"}},
-            )
+            landed = {table: self._landed_rows(table) for table in run_input["tables"]}
             document, version = self.state.read()
-            tables = {**document.tables, TABLE: _tracker(TABLE, len(landed))}
+            tables = dict(document.tables)
+            for table, rows in landed.items():
+                snapshot = f"current/{table}/snapshots/r1/"
+                self.s3.put_object(Bucket=OUTPUT, Key=f"{snapshot}part-0.parquet", Body=b"PAR1")
+                self.glue.create_table(
+                    DatabaseName=OUTPUT_DATABASE,
+                    TableInput={
+                        "Name": table,
+                        "StorageDescriptor": {"Location": f"s3://{OUTPUT}/{snapshot}"},
+                    },
+                )
+                tables[table] = _tracker(table, rows)
+                count = rows if rows_athena_counts is None else rows_athena_counts[table]
+                athena_backends["123456789012"][REGION].query_results_queue.append(
+                    QueryResults(
+                        rows=[
+                            {"Data": [{"VarCharValue": "_col0"}]},
+                            {"Data": [{"VarCharValue": str(count)}]},
+                        ],
+                        column_info=[{"Name": "_col0", "Type": "bigint"}],
+                    )
+                )
             self.state.write(
                 StateDocument(revision=document.revision + 1, run_id="r1", tables=tables), version
             )
-            count = len(landed) if rows_athena_counts is None else rows_athena_counts
-            athena_backends["123456789012"][REGION].query_results_queue.append(
-                QueryResults(
-                    rows=[{"Data": [{"VarCharValue": "_col0"}]}, {"Data": [{"VarCharValue": str(count)}]}],
-                    column_info=[{"Name": "_col0", "Type": "bigint"}],
-                )
-            )
-            commit = {"revision": 2, "succeeded_count": 1, "failed_tables": [], "rows_written": len(landed)}
+            commit = {
+                "revision": 2,
+                "succeeded_count": len(landed),
+                "failed_tables": [],
+                "rows_written": sum(landed.values()),
+            }
+            plan = {"item_count": 1, "unchanged_count": 0}
             return {
                 "executionArn": "arn:exec:1",
                 "status": "SUCCEEDED",
-                "output": json.dumps({"commit": commit}),
+                "output": json.dumps({"plan": plan, "commit": commit}),
             }
 
         return run
+
+    def _landed_rows(self, table: str) -> int:
+        """The data rows of the files under the source table's location (the header line left out)."""
+        source = self.glue.get_table(DatabaseName=SOURCE_DATABASE, Name=table)["Table"]
+        bucket, _, prefix = source["StorageDescriptor"]["Location"].removeprefix("s3://").partition("/")
+        return sum(
+            len(self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().splitlines()) - 1
+            for item in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        )
 
 
 def _tracker(table: str, rows: int) -> TableState:
@@ -152,7 +170,7 @@ def session() -> Iterator[Any]:
         )
 
 
-def _smoke(account: Account, run: Callable[..., Any], messages: list[str] | None = None) -> int:
+def _smoke(account: Account, run: Callable[..., Any], messages: list[str] | None = None) -> dict[str, int]:
     return run_smoke(
         Target(stack=STACK, region=REGION),
         account.session,
@@ -178,20 +196,24 @@ def _assert_only_what_was_there_before_remains(account: Account, revision_at_lea
     assert document.revision >= revision_at_least
 
 
-def test_the_smoke_test_runs_one_table_counts_its_rows_and_removes_everything_it_made(session: Any) -> None:
+def test_the_smoke_test_runs_two_tables_counts_each_ones_rows_and_removes_everything_it_made(
+    session: Any,
+) -> None:
     account = Account(session)
     account.s3.put_object(Bucket=LANDING, Key=OPERATORS_REGISTRY, Body=b"table_name,primary_key\norders,id\n")
     messages: list[str] = []
 
-    rows = _smoke(account, account.pipeline(), messages)
+    counted = _smoke(account, account.pipeline(), messages)
 
-    assert rows == len(SMOKE_ROWS) == 3
-    assert account.runs == [{"load_type": "full", "tables": [TABLE]}]
+    assert counted == TABLES
+    assert [len(SMOKE_ROWS), len(SMOKE_ROWS[:2])] == list(TABLES.values())
+    assert account.runs == [{"load_type": "full", "tables": list(TABLES)}]
+    assert any("2 tables in 1 Glue run(s) (a pack), 5 rows written" in message for message in messages)
     assert any("works end to end" in message for message in messages)
-    # The run committed revision 2; forgetting the smoke table is revision 3, in the history too.
+    # The run committed revision 2; forgetting the smoke tables is revision 3, in the history too.
     _assert_only_what_was_there_before_remains(account, revision_at_least=3)
-    assert account.state.read()[0].run_id == f"smoke-cleanup-{TABLE}"
-    assert f"state/history/0000000003-smoke-cleanup-{TABLE}.json" in account.objects(STATE)
+    assert account.state.read()[0].run_id == f"smoke-cleanup-{TOKEN}"
+    assert f"state/history/0000000003-smoke-cleanup-{TOKEN}.json" in account.objects(STATE)
     assert account.s3.get_object(Bucket=LANDING, Key=OPERATORS_REGISTRY)["Body"].read() == (
         b"table_name,primary_key\norders,id\n"
     )
@@ -208,16 +230,20 @@ def test_the_smoke_test_writes_a_registry_file_only_when_there_is_none_and_remov
 
     _smoke(account, run)
 
-    assert f"registry/{TABLE}.csv" in seen[0]
+    registry = f"registry/cdc_smoke_{TOKEN}.csv"
+    assert registry in seen[0]
+    assert account.runs[0]["tables"] == list(TABLES)
     assert account.objects(LANDING) == []
 
 
 def test_a_row_lost_on_the_way_fails_the_smoke_test_and_it_still_cleans_up(session: Any) -> None:
     account = Account(session)
     account.s3.put_object(Bucket=LANDING, Key=OPERATORS_REGISTRY, Body=b"table_name,primary_key\n")
+    first, second = TABLES
+    lost = {first: 3, second: 1}
 
-    with pytest.raises(SmokeFailed, match=rf"Athena counts 2 rows in {OUTPUT_DATABASE}.{TABLE}, expected 3"):
-        _smoke(account, account.pipeline(rows_athena_counts=2))
+    with pytest.raises(SmokeFailed, match=rf"Athena counts 1 rows in {OUTPUT_DATABASE}.{second}, expected 2"):
+        _smoke(account, account.pipeline(rows_athena_counts=lost))
 
     _assert_only_what_was_there_before_remains(account, revision_at_least=3)
 
@@ -237,7 +263,28 @@ def test_a_stack_whose_table_patterns_leave_the_smoke_table_out_is_refused_befor
 ) -> None:
     account = Account(session, include="orders,customers")
 
-    with pytest.raises(DeployError, match=r"leave out cdc_smoke_0a1b2c3d: include cdc_smoke_\*"):
+    with pytest.raises(
+        DeployError, match=r"leave out cdc_smoke_0a1b2c3d_a, cdc_smoke_0a1b2c3d_b: include cdc_smoke_\*"
+    ):
+        _smoke(account, account.pipeline())
+
+    assert account.runs == []
+    assert account.objects(LANDING) == []
+
+
+def test_a_stack_never_deployed_past_its_first_change_set_is_refused_before_landing(session: Any) -> None:
+    account = Account(session)
+    session.client("cloudformation").delete_stack(StackName=STACK)
+    session.client("cloudformation").create_change_set(
+        StackName=STACK,
+        ChangeSetName="never-executed",
+        TemplateBody=json.dumps(_stack_template("arn:none", "", "")),
+        ChangeSetType="CREATE",
+    )
+
+    with pytest.raises(
+        DeployError, match=r"stack cdc-smoke is REVIEW_IN_PROGRESS: there is no deployed pipeline"
+    ):
         _smoke(account, account.pipeline())
 
     assert account.runs == []

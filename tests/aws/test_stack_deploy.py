@@ -6,8 +6,10 @@ DefinitionUri at an untouched copy of ``state_machine/cdc_pipeline.asl.json``, a
 bucket. The plain CloudFormation template is created with ``create_stack`` in moto, and an
 execution of the state machine the stack created runs through: the Plan and Commit tasks are the
 real handlers (dispatched as in ``test_state_machine.py``), each configured with the environment
-moto's Lambda holds for the stack's function; each Glue job run succeeds at once and leaves the
-manifest an ingest would.
+moto's Lambda holds for the stack's function; each Glue job run runs the job's real driver
+(``cdc_pipeline.glue_job.run_job``) with only its Spark work replaced, and leaves the manifest an
+ingest would. Every AWS call of that code is recorded with its role, for
+``test_role_permissions.py``.
 
 What moto 5.2.1 cannot do, and what this test does about it:
 
@@ -64,7 +66,7 @@ import os
 import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -81,6 +83,7 @@ except ImportError as exc:  # the extra's dependencies (openapi-spec-validator, 
         allow_module_level=True,
     )
 
+from botocore.client import BaseClient
 from moto import mock_aws
 from moto.awslambda.models import LambdaBackend
 from moto.glue.models import FakeJob, glue_backends
@@ -89,8 +92,13 @@ from moto.stepfunctions.models import StateMachine
 from moto.stepfunctions.parser import models as stepfunctions_models
 from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
+from cdc_pipeline import glue_job, ingest
+from cdc_pipeline.aws import clients
 from cdc_pipeline.aws.deploy import MAX_STACK_NAME, glue_artifacts, upload_glue_artifacts
 from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
+from cdc_pipeline.errors import PipelineError, TableError
+from cdc_pipeline.manifest import Manifest
+from cdc_pipeline.plan import WorkItem
 
 from .conftest import REGION, SOURCE_DATABASE
 from .fakes import create_source_tables, ingest_succeeded, registry_csv, run_to_end, work_items_at
@@ -130,6 +138,7 @@ DROPPED_RESOURCES = {
     "PlanReadsSourceTables": NO_MOTO_MODEL,
     "CommitCreatesOutputTables": NO_MOTO_MODEL,
     "CommitUpdatesOutputTables": NO_MOTO_MODEL,
+    "CommitPublishesOutputPartitions": NO_MOTO_MODEL,
     "Dashboard": "its body GetAtt's ExecutionsFailedAlarm.Arn, which moto cannot create",
 }
 DROPPED_OUTPUTS = {
@@ -400,6 +409,35 @@ def _teach_moto_cloudformation(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------- the deployed stack
 
 
+@dataclass(frozen=True)
+class ApiCall:
+    """One AWS call the pipeline's code made, under the role its code runs as (logical id)."""
+
+    role: str
+    service: str
+    operation: str
+    params: dict[str, Any]
+
+
+def _role_of(reference: Any) -> str:
+    """The logical id of the role a resource's ``Role: !GetAtt X.Arn`` names."""
+    assert isinstance(reference, dict), reference
+    assert "Fn::GetAtt" in reference, reference
+    return str(reference["Fn::GetAtt"][0])
+
+
+def _succeeded_manifest(item: WorkItem) -> Manifest:
+    """The manifest :func:`fakes.ingest_succeeded` writes, as the value an ingest returns."""
+    written: dict[str, Any] = {}
+
+    class Capture:
+        def write_json(self, location: str, data: Any) -> None:
+            written[location] = data
+
+    ingest_succeeded(Capture(), item)  # type: ignore[arg-type]
+    return Manifest.from_json(written[item.manifest_location])
+
+
 class Deployment:
     """The stack in moto, its outputs, and the real handlers behind its two functions."""
 
@@ -419,6 +457,9 @@ class Deployment:
         self.awslambda = boto_session.client("lambda")
         self.packaged = packaged
         self.job_runs: list[tuple[str, dict[str, str]]] = []
+        self.calls: list[ApiCall] = []  # every AWS call of the pipeline's code, by role
+        self.executions: list[dict[str, Any]] = []  # the runs a test kept (their outputs)
+        self.returned: dict[str, Any] = {}  # what each handler returned last, by its module's name
 
         for bucket in (PACKAGING_BUCKET, LANDING_BUCKET):
             self.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -457,20 +498,79 @@ class Deployment:
             }
             environment["POWERTOOLS_TRACE_DISABLED"] = "true"  # no X-Ray daemon here
             with mock.patch.dict(os.environ, environment):
-                handler = load_handler(source, f"stack_{logical_id}").lambda_handler
+                module = load_handler(source, f"stack_{logical_id}")
+            role = _role_of(template["Resources"][logical_id]["Properties"]["Role"])
+            for client in vars(module).values():
+                if isinstance(client, BaseClient):
+                    self._record_calls(client, role)
             for key in (configuration["FunctionArn"], configuration["FunctionName"]):
-                self.functions[key] = (handler, environment)
+                self.functions[key] = (module.lambda_handler, environment)
         monkeypatch.setattr(LambdaBackend, "invoke", self._invoke_lambda)
+        self._run_the_glue_job_driver(
+            monkeypatch, _role_of(template["Resources"]["IngestJob"]["Properties"]["Role"])
+        )
 
+    def _record_calls(self, client: BaseClient, role: str) -> None:
+        """Record every API call ``client`` makes as a call of ``role`` (its parameters as given)."""
+
+        def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+            self.calls.append(ApiCall(role, client.meta.service_model.service_name, model.name, dict(params)))
+
+        client.meta.events.register("before-parameter-build", record)
+
+    def _run_the_glue_job_driver(self, monkeypatch: pytest.MonkeyPatch, role: str) -> None:
+        """Each Glue job run runs the job's real driver (``cdc_pipeline.glue_job.run_job``), its S3
+        client recorded as the job role's; only the Spark work is replaced: it writes one file per
+        snapshot (or partition) with the same client, lists them as ingest does, and returns the
+        manifest of a success. A table's first attempt in a run fails (a failure record), and the
+        run is started again by hand, as an operator would: the second attempt replaces the record."""
         original_start = FakeJob.start_job_run
+        original_client = clients.aws_client  # the handlers built theirs above: every later one is the job's
+        attempts: dict[tuple[str, str], int] = {}
+
+        def job_client(service: str, *, threads: int, session: Any = None) -> Any:
+            client = original_client(service, threads=threads, session=session)
+            self._record_calls(client, role)
+            return client
+
+        def spark_work(spark: Any, item: WorkItem, storage: Any, **_: Any) -> Manifest:
+            attempt = attempts[(item.run_id, item.table)] = attempts.get((item.run_id, item.table), 0) + 1
+            if attempt == 1:
+                raise TableError(item.table, "Spark failed reading or writing it (a first attempt)")
+            folders = {"": item.output_location}
+            partitions = None
+            if item.partition_by:
+                values = ("alpha", "beta") if item.current_partitions is None else ("alpha", "gamma")
+                partitions = {
+                    value[0]: {
+                        "location": f"{item.output_location}/cdc_partition={value[0]}",
+                        "values": [value],
+                        "rows": 1,
+                        "bytes": 4,
+                    }
+                    for value in values
+                }
+                folders = {pid: partition["location"] for pid, partition in partitions.items()}
+            for folder in folders.values():
+                bucket, key = folder.removeprefix("s3://").split("/", 1)
+                storage.client.put_object(Bucket=bucket, Key=f"{key}/part-00000.parquet", Body=b"PAR1")
+            storage.file_sizes(item.output_location)
+            return replace(_succeeded_manifest(item), partition_by=item.partition_by, partitions=partitions)
 
         def start_job_run(job: FakeJob, *args: Any, **kwargs: Any) -> str:
             arguments = kwargs["arguments"]
             self.job_runs.append((job.name, arguments))
-            for item in work_items_at(self.storage, arguments["--work_item_location"]):
-                ingest_succeeded(self.storage, item)
+            argv = [f"--work_item_location={arguments['--work_item_location']}", "--JOB_ID=j"]
+            try:
+                glue_job.run_job(argv, spark=object())
+            except PipelineError:
+                glue_job.run_job(argv, spark=object())
             return original_start(job, *args, **kwargs)
 
+        monkeypatch.setattr(clients, "aws_client", job_client)
+        monkeypatch.setattr(glue_job, "configure", lambda spark: None)
+        monkeypatch.setattr(ingest, "check_session", lambda spark: None)
+        monkeypatch.setattr(ingest, "_ingest", spark_work)
         monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
 
     def create_stack(
@@ -514,6 +614,7 @@ class Deployment:
             except Exception as exc:  # an unhandled error: the state machine's Retry/Catch see it
                 response_headers["x-amz-function-error"] = "Unhandled"
                 return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        self.returned[handler.__module__] = result
         return json.dumps(result).encode()
 
     def land(self, tables: list[str]) -> None:
@@ -536,6 +637,13 @@ def deployment(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, boto_session: Any, packaged: Packaged
 ) -> Iterator[Deployment]:
     """The stack deployed with the required parameters, and any a test gives (indirect parametrize)."""
+    yield from deployed(monkeypatch, boto_session, packaged, getattr(request, "param", None))
+
+
+def deployed(
+    monkeypatch: pytest.MonkeyPatch, boto_session: Any, packaged: Packaged, parameters: dict[str, str] | None
+) -> Iterator[Deployment]:
+    """The body of the ``deployment`` fixture, for other modules' fixtures."""
     _fix_moto_interrupt_all()
     monkeypatch.setattr(stepfunctions_models, "copy", _CopySharingExecutions)
     _teach_moto_cloudformation(monkeypatch)
@@ -543,7 +651,7 @@ def deployment(
     # the simple backend that {"lambda": {"use_docker": False}} selects. No container ever starts:
     # LambdaBackend.invoke is replaced by the dispatch to the real handlers.
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        yield Deployment(monkeypatch, boto_session, packaged, getattr(request, "param", None))
+        yield Deployment(monkeypatch, boto_session, packaged, parameters)
 
 
 def test_only_the_documented_resources_are_dropped(packaged: Packaged) -> None:
@@ -640,7 +748,7 @@ def test_glue_assumes_its_role_without_an_undocumented_condition(deployment) -> 
 
 def test_without_kms_keys_no_role_may_use_any_key_but_the_pipeline_key(deployment) -> None:
     pipeline_key = deployment.resources["PipelineKey"]["PhysicalResourceId"]
-    for role in ("GlueJobRole", "PlanFunctionRole", "CommitFunctionRole"):
+    for role in ("GlueJobRole", "PlanFunctionRole", "CommitFunctionRole", "CdcStateMachineRole"):
         for sid, statement in deployment.role_statements(role).items():
             actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
             if any(action.startswith("kms:") for action in actions):
@@ -714,6 +822,10 @@ def test_each_role_may_use_exactly_the_kms_keys_of_the_data_it_touches(deploymen
             "ReadAndWriteEncryptedState": (["kms:Decrypt", "kms:GenerateDataKey"], STATE_KEY),
             "ReadEncryptedSnapshots": (["kms:Decrypt"], OUTPUT_KEY),
         },
+        # The Distributed Map's ItemReader and ResultWriter, in the state bucket.
+        "CdcStateMachineRole": {
+            "ReadItemsAndWriteResultsEncrypted": (["kms:Decrypt", "kms:GenerateDataKey"], STATE_KEY),
+        },
     }
     for role, grants in expected.items():
         found = {
@@ -744,12 +856,45 @@ def test_the_schedule_is_created_disabled_so_a_first_deploy_runs_nothing_half_in
     assert template["Resources"]["RunSchedule"]["Properties"]["State"] == {"Ref": "ScheduleState"}
 
 
-def test_the_powertools_layer_is_read_from_the_public_ssm_parameter_of_the_region(packaged) -> None:
+POWERTOOLS_SSM = "{{resolve:ssm:/aws/service/powertools/python/x86_64/python3.11/${PowertoolsVersion}}}"
+
+
+def _evaluate(node: Any, template: dict[str, Any], parameters: dict[str, str]) -> Any:
+    """``node`` with the template's conditions, Fn::If and parameter Refs decided for ``parameters``
+    (other intrinsics are kept as they are)."""
+
+    def condition(name: str) -> bool:
+        return bool(_evaluate(template["Conditions"][name], template, parameters))
+
+    if isinstance(node, list):
+        return [_evaluate(item, template, parameters) for item in node]
+    if not isinstance(node, dict) or len(node) != 1:
+        return node
+    ((function, value),) = node.items()
+    if function == "Fn::If":
+        name, when_true, when_false = value
+        return _evaluate(when_true if condition(name) else when_false, template, parameters)
+    if function == "Fn::Not":
+        return not _evaluate(value[0], template, parameters)
+    if function == "Fn::Equals":
+        left, right = (_evaluate(item, template, parameters) for item in value)
+        return left == right
+    if function == "Condition":
+        return condition(value)
+    if function == "Ref" and value in template["Parameters"]:
+        return parameters.get(value, template["Parameters"][value].get("Default"))
+    return node
+
+
+def test_the_powertools_layer_is_read_from_the_public_ssm_parameter_unless_a_layer_is_given(packaged) -> None:
+    template = packaged.template
+    given = "arn:aws-cn:lambda:cn-north-1:123456789012:layer:powertools-python:3"
     for name in ("PlanFunction", "CommitFunction"):
-        layers = packaged.template["Resources"][name]["Properties"]["Layers"]
-        assert {
-            "Fn::Sub": "{{resolve:ssm:/aws/service/powertools/python/x86_64/python3.11/${PowertoolsVersion}}}"
-        } in layers
+        layers = template["Resources"][name]["Properties"]["Layers"]
+        assert {"Fn::Sub": POWERTOOLS_SSM} in _evaluate(layers, template, {})
+        assert given in _evaluate(layers, template, {"PowertoolsLayerArn": given})
+        assert POWERTOOLS_SSM not in json.dumps(_evaluate(layers, template, {"PowertoolsLayerArn": given}))
+        assert len(_evaluate(layers, template, {"PowertoolsLayerArn": given})) == 2  # and the shared layer
         assert "017000801446" not in json.dumps(layers)
 
 
@@ -773,6 +918,16 @@ def test_lake_formation_grants_exist_only_when_asked_for_and_name_the_two_lambda
         json.dumps({"Fn::GetAtt": ["CommitFunctionRole", "Arn"]}),
     }
     assert all(resource in resources for resource in ("PlanFunctionRole", "CommitFunctionRole"))
+    # The Commit role's grants on the output tables cover updating them and their partitions.
+    commit_role = {"Fn::GetAtt": ["CommitFunctionRole", "Arn"]}
+    on_output_tables = {
+        permission
+        for resource in grants.values()
+        if resource["Properties"]["Principal"]["DataLakePrincipalIdentifier"] == commit_role
+        and "Table" in resource["Properties"]["Resource"]
+        for permission in resource["Properties"]["Permissions"]
+    }
+    assert on_output_tables == {"DESCRIBE", "ALTER", "SELECT", "INSERT", "DELETE"}
 
 
 def test_a_scheduled_run_of_the_deployed_state_machine_commits_every_table(deployment) -> None:
@@ -784,6 +939,9 @@ def test_a_scheduled_run_of_the_deployed_state_machine_commits_every_table(deplo
     assert execution["status"] == "SUCCEEDED", execution
     commit = json.loads(execution["output"])["commit"]
     assert (commit["succeeded_count"], commit["failed_count"]) == (3, 0)
+    # CommitRun's ResultSelector passes on every figure the Commit Lambda returns (docs/aws.md).
+    assert commit == deployment.returned["stack_CommitFunction"]
+    assert (commit["rows_read"], commit["rows_written"]) == (30, 21)
     ingested = sorted(
         item.table
         for _, arguments in deployment.job_runs

@@ -52,6 +52,7 @@ JOB_NAME = "cdc-pipeline-ingest"
 PLAN_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:cdc-pipeline-plan"
 COMMIT_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:cdc-pipeline-commit"
 SUBSTITUTIONS = {
+    "Partition": "aws",
     "PlanFunctionArn": PLAN_ARN,
     "CommitFunctionArn": COMMIT_ARN,
     "IngestJobName": JOB_NAME,
@@ -252,6 +253,9 @@ def test_every_table_succeeds_and_is_committed_in_one_revision(pipeline) -> None
     assert sorted(state.tables) == tables
     commit = json.loads(execution["output"])["commit"]
     assert (commit["succeeded_count"], commit["failed_count"]) == (3, 0)
+    # The run's figures reach the execution's output (each fake ingest read 10 rows and wrote 7).
+    assert (commit["rows_read"], commit["rows_written"]) == (30, 21)
+    assert commit["run_duration_s"] >= 0
     for table in tables:
         location = pipeline.glue.get_table(DatabaseName=OUTPUT_DATABASE, Name=table)["Table"][
             "StorageDescriptor"
