@@ -601,14 +601,13 @@ def test_an_unchanged_table_whose_cursor_can_forget_many_settled_files_gets_it_r
     assert FileCursor.from_json(later.refreshed_cursors["orders"]) == FileCursor(mark=185 * MINUTE)
 
 
-def test_a_change_of_output_partitioning_gives_one_full_load_in_the_new_layout() -> None:
+def plan_partitioned_orders(partition_by: str, state: StateDocument) -> Plan:
     registry = parse_registry(
-        "table_name,primary_key,delete_column,delete_values,partition_by\norders,order_id,Op,D,Updated_At\n",
+        "table_name,primary_key,delete_column,delete_values,partition_by\n"
+        f"orders,order_id,Op,D,{partition_by}\n",
         "tables.csv",
     )
-    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z")})
-
-    plan = plan_run(
+    return plan_run(
         catalog=FakeCatalog(ORDERS),
         registry=registry,
         state=state,
@@ -617,29 +616,22 @@ def test_a_change_of_output_partitioning_gives_one_full_load_in_the_new_layout()
         run_id="r1",
     )
 
-    (orders,) = plan.items
+
+def test_a_change_of_output_partitioning_gives_one_full_load_in_the_new_layout() -> None:
+    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z")})
+
+    (orders,) = plan_partitioned_orders("Updated_At", state).items
     assert (orders.load_type, orders.current_snapshot, orders.current_partitions) == ("full", None, None)
     assert orders.partition_by == ["updated_at"]  # the table's spelling
     assert any("output partitioning changed from [] to ['Updated_At']" in w for w in orders.warnings)
 
 
 def test_an_incremental_item_of_a_partitioned_table_carries_its_current_partitions() -> None:
-    registry = parse_registry(
-        "table_name,primary_key,delete_column,delete_values,partition_by\norders,order_id,Op,D,updated_at\n",
-        "tables.csv",
-    )
     partitions = {"p1": {"location": "/lake/current/orders/snapshots/r0/cdc_partition=p1", "values": ["x"]}}
     old = tracker("2026-01-01T00:00:00Z", partition_by=("updated_at",), partitions=partitions)
     state = StateDocument(revision=3, tables={"orders": old})
 
-    (orders,) = plan_run(
-        catalog=FakeCatalog(ORDERS),
-        registry=registry,
-        state=state,
-        state_version=None,
-        layout=LAYOUT,
-        run_id="r1",
-    ).items
+    (orders,) = plan_partitioned_orders("updated_at", state).items
 
     assert (orders.load_type, orders.current_partitions) == ("incremental", partitions)
 
