@@ -71,7 +71,8 @@ from cdc_pipeline.aws.glue import GlueCatalog, GlueOutputCatalog
 from cdc_pipeline.aws.s3 import S3RegistrySource, S3StateStore, S3Storage, parse_s3_uri
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.manifest import SUCCEEDED, Manifest
-from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB, Pack
+from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
+from cdc_pipeline.packs import work_items as packs_work_items
 from cdc_pipeline.plan import PLAN_THREADS, WorkItem
 from cdc_pipeline.settings import CommitSettings, PlanSettings
 from cdc_pipeline.stages import EARLY_WRITE_THREADS
@@ -286,8 +287,7 @@ def work_items(planned: dict[str, Any]) -> list[WorkItem]:
     runs = json.loads(_object(f"s3://{planned['items_bucket']}/{planned['items_key']}").value)
     items: list[WorkItem] = []
     for run in runs:
-        data = json.loads(_object(run["work_item_location"]).value)
-        items += Pack.from_json(data).items if Pack.is_pack(data) else [WorkItem.from_json(data)]
+        items += packs_work_items(json.loads(_object(run["work_item_location"]).value))
     return items
 
 

@@ -273,13 +273,14 @@ def _is_failure_record(data: dict[str, Any], item: WorkItem) -> bool:
 def _next_state(
     previous: TableState | None, manifest: Manifest, committed_at: str, retained_snapshots: int
 ) -> tuple[TableState, list[str]]:
-    """The table's new tracker and the folders (snapshots, tombstones) that fall out of retention."""
-    locations, expired = _retain(
+    """The table's new tracker and the folders (snapshots, tombstones, partitions) that fall out of
+    retention: every folder the old tracker kept and the new one does not."""
+    locations = _retain(
         manifest.output_location,
         [previous.location, *previous.previous_locations] if previous else [],
         retained_snapshots,
     )
-    tombstones, expired_tombstones = _retain(
+    tombstones = _retain(
         manifest.tombstones_location,
         [
             *([previous.tombstones] if previous and previous.tombstones else []),
@@ -311,9 +312,7 @@ def _next_state(
         partitions=manifest.partitions,
         retained_partitions=_retained_partitions(previous, manifest, retained_snapshots),
     )
-    # A partitioned snapshot's folders leave when no retained snapshot names them any more.
-    dropped = sorted(previous.locations() - state.locations()) if previous else []
-    return state, expired + expired_tombstones + dropped
+    return state, sorted(previous.locations() - state.locations()) if previous else []
 
 
 def _retained_partitions(
@@ -328,11 +327,10 @@ def _retained_partitions(
     return tuple(earlier[: retained_snapshots - 1])
 
 
-def _retain(current: str | None, history: list[str], retained: int) -> tuple[list[str], list[str]]:
-    """Of the earlier folders (newest first), those kept beside ``current`` and those expired."""
+def _retain(current: str | None, history: list[str], retained: int) -> list[str]:
+    """Of the earlier folders (newest first), those kept beside ``current``."""
     earlier = [location for location in dict.fromkeys(history) if location != current]
-    keep = retained - 1
-    return earlier[:keep], earlier[keep:]
+    return earlier[: retained - 1]
 
 
 def _delete_unreferenced(storage: Storage, locations: list[str], document: StateDocument) -> list[str]:

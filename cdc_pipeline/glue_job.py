@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from cdc_pipeline.errors import ConfigurationError, PipelineError, TableError
 from cdc_pipeline.ingest import ingest_items
 from cdc_pipeline.manifest import Manifest
-from cdc_pipeline.packs import Pack
+from cdc_pipeline.packs import work_items
 from cdc_pipeline.plan import WorkItem
 from cdc_pipeline.spark import configure
 from cdc_pipeline.storage import LocalStorage, Storage
@@ -49,9 +49,7 @@ def parse_work_items(argv: Sequence[str]) -> list[WorkItem]:
                 raise ConfigurationError(f"--work_item_location {args.work_item_location} holds no work item")
         else:
             data = json.loads(args.work_item)
-        if Pack.is_pack(data):
-            return Pack.from_json(data).items
-        return [WorkItem.from_json(data)]
+        return work_items(data)
     except (json.JSONDecodeError, TypeError) as exc:
         raise ConfigurationError(
             f"the job's work item is not one the Plan Lambda writes ({exc}); start the job from the state "

@@ -50,6 +50,7 @@ from cdc_pipeline.transform import (
     merge_into_snapshot,
     null_key_condition,
     ordering_micros,
+    spelling,
     watermark_kind,
     watermark_literal,
 )
@@ -291,7 +292,7 @@ def _prepare(item: WorkItem, inputs: Inputs, ordering: _Ordering, before: Waterm
         F.sum(_raw_null_ordering(ordering).cast("long")).alias("null_orderings"),
         F.max(F.when(col(_REASON).isNull(), col(ORDER_COLUMN))).alias("max_order"),
     )
-    primary_key = [_spelling(batch, c) for c in item.primary_key]
+    primary_key = [spelling(batch, c) for c in item.primary_key]
     return _Prepared(batch, snapshot, tombstones, primary_key, metrics)
 
 
@@ -664,10 +665,6 @@ def _with_internal_columns(
     snapshot = rest.pop(0) if inputs.snapshot is not None else None
     tombstones = rest.pop(0) if inputs.tombstones is not None else None
     return batch, snapshot, tombstones
-
-
-def _spelling(df: DataFrame, name: str) -> str:
-    return next((c for c in df.columns if c.lower() == name.lower()), name)
 
 
 def _rows_since_watermark(

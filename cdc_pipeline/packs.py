@@ -118,6 +118,11 @@ class Pack:
         return isinstance(data, dict) and "work_items" in data
 
 
+def work_items(data: Any) -> list[WorkItem]:
+    """The work items of one Glue run's document: a pack's, or the one work item it is."""
+    return Pack.from_json(data).items if Pack.is_pack(data) else [WorkItem.from_json(data)]
+
+
 def glue_dpu(worker_type: str, workers: int) -> float:
     """The DPUs of one Glue run of ``workers`` workers of ``worker_type``."""
     if worker_type not in DPU_PER_WORKER:

@@ -24,15 +24,12 @@ from pyspark.sql import functions as F
 
 from cdc_pipeline.errors import TableError
 from cdc_pipeline.spark import escape_glob
+from cdc_pipeline.transform import spelling
 
 PARTITION_COLUMN = "cdc_partition"  # a folder name Spark does not hide (no leading underscore)
 NULL_VALUE = "__HIVE_DEFAULT_PARTITION__"  # how Hive and Glue name a partition whose value is NULL
 
 Partitions = dict[str, dict[str, Any]]
-
-
-def spelling(df: DataFrame, name: str) -> str:
-    return next(column for column in df.columns if column.lower() == name.lower())
 
 
 def partition_id(df: DataFrame, columns: Sequence[str]) -> Column:

@@ -56,6 +56,11 @@ def col(name: str) -> Column:
     return F.col("`" + name.replace("`", "``") + "`")
 
 
+def spelling(df: DataFrame, name: str) -> str:
+    """How ``df`` spells the column ``name`` (names match ignoring case); ``name`` if it has none."""
+    return next((c for c in df.columns if c.lower() == name.lower()), name)
+
+
 def watermark_kind(data_type: T.DataType) -> WatermarkKind | None:
     """How a watermark on a column of this type is written: ISO-8601 strings and integer epochs
     name instants, so their watermark is a ``timestamp``."""

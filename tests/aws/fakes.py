@@ -13,7 +13,7 @@ from typing import Any
 
 from cdc_pipeline.aws.s3 import S3Storage
 from cdc_pipeline.manifest import SUCCEEDED, Manifest, failure_record
-from cdc_pipeline.packs import Pack
+from cdc_pipeline.packs import work_items
 from cdc_pipeline.plan import WorkItem
 
 PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
@@ -99,8 +99,7 @@ def ingest_succeeded(
 
 def work_items_at(storage: S3Storage, location: str) -> list[WorkItem]:
     """The work items a Glue run's ``--work_item_location`` names: one item, or a pack's."""
-    data = storage.read_json(location)
-    return Pack.from_json(data).items if Pack.is_pack(data) else [WorkItem.from_json(data)]
+    return work_items(storage.read_json(location))
 
 
 def ingest_failed(storage: S3Storage, item: WorkItem, message: str) -> None:
