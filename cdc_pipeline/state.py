@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +30,8 @@ READABLE_FORMATS = frozenset({1, 2, 3})
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
 HISTORY_DIR = "history"
+# A history copy's name: the revision (10 digits, zero-padded) and the run id that committed it.
+_HISTORY_NAME = re.compile(r"(?P<revision>[0-9]+)-(?P<run_id>.+)\.json")
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,39 @@ class StateStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, order=True)
+class Revision:
+    """One history copy of a committed revision: its number, the run that committed it, its file name.
+
+    A state started over begins again at revision 1, so a number may have several copies (one per
+    lineage); the file name tells them apart.
+    """
+
+    revision: int
+    run_id: str
+    name: str
+
+    @classmethod
+    def from_name(cls, name: str) -> Revision | None:
+        """The revision a history file name stands for; None for any other name (a temporary file)."""
+        match = _HISTORY_NAME.fullmatch(name)
+        if match is None:
+            return None
+        return cls(int(match["revision"]), match["run_id"], name)
+
+
+class RevisionHistory(StateStore, Protocol):
+    """A state store that also reads back the history copies of every committed revision."""
+
+    def history(self) -> list[Revision]:
+        """Every history copy, oldest revision first (none yet: [])."""
+        ...
+
+    def read_revision(self, revision: Revision) -> StateDocument:
+        """The document of one history copy; StateCorruptError when it is not a state document."""
+        ...
+
+
 class LocalStateStore:
     """The state document in a local directory: lock file, compare, write-then-rename."""
 
@@ -240,6 +276,17 @@ class LocalStateStore:
                 history / f"{document.revision:010d}-{run_id}.json", payload, run_id, create_only=True
             )
         return str(document.revision)
+
+    def history(self) -> list[Revision]:
+        try:
+            names = os.listdir(self.directory / HISTORY_DIR)
+        except FileNotFoundError:
+            return []
+        return sorted(revision for name in names if (revision := Revision.from_name(name)) is not None)
+
+    def read_revision(self, revision: Revision) -> StateDocument:
+        path = self.directory / HISTORY_DIR / revision.name
+        return parse_state_document(path.read_bytes(), str(path))
 
 
 def _atomic_write(path: Path, payload: bytes, run_id: str, *, create_only: bool = False) -> None:

@@ -30,6 +30,10 @@ class Storage(Protocol):
         """The bytes of every file below the folder ``location``, by path relative to it (none: {})."""
         ...
 
+    def list_folders(self, location: str) -> list[str]:
+        """The names of the folders directly below the folder ``location``, sorted (none: [])."""
+        ...
+
 
 class LocalStorage:
     """Storage on the local file system; writes are atomic (write, then rename)."""
@@ -68,3 +72,9 @@ class LocalStorage:
             for path in root.rglob("*")
             if path.is_file()
         }
+
+    def list_folders(self, location: str) -> list[str]:
+        try:
+            return sorted(path.name for path in Path(location).iterdir() if path.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []

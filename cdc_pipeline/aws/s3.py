@@ -24,7 +24,7 @@ from cdc_pipeline.errors import (
     PipelineError,
     RegistryError,
 )
-from cdc_pipeline.state import HISTORY_DIR, STATE_FILE, StateDocument, parse_state_document
+from cdc_pipeline.state import HISTORY_DIR, STATE_FILE, Revision, StateDocument, parse_state_document
 
 SCHEME = "s3://"
 # The most keys one DeleteObjects request accepts.
@@ -196,6 +196,22 @@ class S3Storage:
                 for page in pages
                 for entry in page.get("Contents", [])
             }
+        except ClientError as exc:
+            _raise_for(exc, doing="list", uri=location, permission="s3:ListBucket")
+
+    def list_folders(self, location: str) -> list[str]:
+        """The names of the folders directly below ``location/`` (S3's common prefixes), sorted."""
+        bucket, key = parse_s3_uri(location)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"
+        )
+        try:
+            return sorted(
+                entry["Prefix"][len(prefix) :].rstrip("/")
+                for page in pages
+                for entry in page.get("CommonPrefixes", [])
+            )
         except ClientError as exc:
             _raise_for(exc, doing="list", uri=location, permission="s3:ListBucket")
 
@@ -382,6 +398,33 @@ class S3StateStore:
             version = current_version
         self._write_history(document, payload)
         return version
+
+    def history(self) -> list[Revision]:
+        """Every history copy below ``<cdc_path>/history/``, oldest revision first."""
+        prefix = _join(self.prefix, HISTORY_DIR) + "/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+        )
+        try:
+            names = [entry["Key"][len(prefix) :] for page in pages for entry in page.get("Contents", [])]
+        except ClientError as exc:
+            _raise_for(exc, doing="list the history of", uri=self.uri, permission="s3:ListBucket")
+        return sorted(revision for name in names if (revision := Revision.from_name(name)) is not None)
+
+    def read_revision(self, revision: Revision) -> StateDocument:
+        """The document of one history copy.
+
+        Raises
+        ------
+        StateCorruptError
+            When the copy is not a state document.
+        """
+        key = _join(self.prefix, HISTORY_DIR, revision.name)
+        try:
+            raw = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            _raise_for(exc, doing="read", uri=_uri(self.bucket, key), permission="s3:GetObject")
+        return parse_state_document(raw, _uri(self.bucket, key))
 
     def _lost_the_race(self, exc: ClientError, expected_version: str | None) -> bool:
         if _error_code(exc) in _CONDITION_FAILED or _http_status(exc) in (409, 412):

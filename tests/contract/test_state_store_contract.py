@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cdc_pipeline.errors import CommitConflictError, StateCorruptError
-from cdc_pipeline.state import HISTORY_DIR, StateDocument, TableState
+from cdc_pipeline.state import HISTORY_DIR, Revision, StateDocument, TableState
 from tests.contract.conftest import StateStoreCase
 
 COMMITTED_AT = "2024-05-01T12:00:00+00:00"
@@ -131,6 +131,39 @@ def test_starting_over_after_deleting_the_state_keeps_the_earlier_history(state_
     history = state_store_case.history()
     assert old_history.items() <= history.items()
     assert "0000000001-run-new.json" in history
+
+
+def test_history_lists_every_committed_revision_oldest_first_and_reads_each_back(state_store_case):
+    first, _ = _commit(state_store_case, "run-1")
+    second, _ = _commit(state_store_case, "run-2")
+    store = state_store_case.make()
+
+    history = store.history()
+
+    assert history == [
+        Revision(1, "run-1", "0000000001-run-1.json"),
+        Revision(2, "run-2", "0000000002-run-2.json"),
+    ]
+    assert [store.read_revision(revision) for revision in history] == [first, second]
+
+
+def test_history_of_an_empty_store_is_empty(state_store_case):
+    assert state_store_case.make().history() == []
+
+
+def test_history_keeps_both_lineages_of_a_state_started_over(state_store_case):
+    old, _ = _commit(state_store_case, "run-old")
+    state_store_case.remove()
+    new, _ = _commit(state_store_case, "run-new")
+    store = state_store_case.make()
+
+    history = store.history()
+
+    assert [(revision.revision, revision.run_id) for revision in history] == [(1, "run-new"), (1, "run-old")]
+    assert {revision.run_id: store.read_revision(revision) for revision in history} == {
+        "run-old": old,
+        "run-new": new,
+    }
 
 
 VALID = {"format_version": 1, "revision": 3, "run_id": "run-3", "committed_at": COMMITTED_AT, "tables": {}}

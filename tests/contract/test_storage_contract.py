@@ -92,3 +92,25 @@ def test_file_sizes_give_every_file_below_a_folder_and_nothing_beside_it(storage
 
 def test_file_sizes_of_nothing_are_empty(storage_case):
     assert storage_case.storage.file_sizes(storage_case.location("snap/none")) == {}
+
+
+def test_list_folders_names_the_folders_directly_below_and_no_file_or_deeper_folder(storage_case):
+    storage_case.put_file("orders/snapshots/r2/part-0.parquet", b"x")
+    storage_case.put_file("orders/snapshots/r1/cdc_partition=p1/part-0.parquet", b"x")
+    storage_case.put_file("orders/snapshots/r10/part-0.parquet", b"x")
+    storage_case.put_file("orders/snapshots/notes.json", b"{}")
+    storage_case.put_file("orders/snapshots-old/r3/part-0.parquet", b"x")
+
+    expected = ["r1", "r10", "r2"]
+    assert storage_case.storage.list_folders(storage_case.location("orders/snapshots")) == expected
+    assert storage_case.storage.list_folders(storage_case.location("orders/snapshots") + "/") == expected
+    assert storage_case.storage.list_folders(storage_case.location("orders/snapshots/r1")) == [
+        "cdc_partition=p1"
+    ]
+
+
+def test_list_folders_of_nothing_or_of_a_folder_of_files_is_empty(storage_case):
+    storage_case.put_file("orders/snapshots/r1/part-0.parquet", b"x")
+
+    assert storage_case.storage.list_folders(storage_case.location("orders/none")) == []
+    assert storage_case.storage.list_folders(storage_case.location("orders/snapshots/r1")) == []
