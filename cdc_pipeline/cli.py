@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
+from cdc_pipeline.commands import add_operator_commands
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS
 from cdc_pipeline.errors import CommitConflictError, ConfigurationError
 from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show every table's committed tracker")
     status.add_argument("--state", required=True, type=Path)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    add_operator_commands(commands)  # history, reset, rollback, vacuum
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging()
     try:
+        if getattr(args, "operator", None) is not None:
+            return int(args.operator(args))
         if args.command == "run":
             return _run(args)
         if args.command == "start":
