@@ -115,9 +115,10 @@ def _earlier_revisions(store: RevisionHistory, head: StateDocument) -> Iterator[
 class HistoryEntry:
     """One run (or operator command) of one table, as ``cdc-pipeline history`` shows it.
 
-    ``time`` is when its revision was committed; for a failed run, which committed nothing of the
-    table, when the run started. ``rows``, ``watermark`` and the cursor are the tracker's after it
-    (for a failed run: before it, unchanged); ``files_read`` comes from the run's report.
+    ``revision`` is the state revision it committed; for a failed run, which committed nothing of
+    the table, the revision it left in place, and ``time`` is when that run started (otherwise when
+    its revision was committed). ``rows``, ``watermark`` and the cursor are the tracker's after it
+    (for a failed run: the watermark it started from); ``files_read`` comes from the run's report.
     """
 
     run_id: str
@@ -181,9 +182,15 @@ def table_history(
     oldest = oldest if complete() else ""
     _add_reports(entries, storage, layout, since=oldest, any_table=not tables)
     return {
-        name: sorted(found, key=lambda entry: (entry.run_id, entry.revision or 0), reverse=True)[:limit]
+        name: sorted(found, key=_commit_order, reverse=True)[:limit]
         for name, found in sorted(entries.items())
     }
+
+
+def _commit_order(entry: HistoryEntry) -> tuple[int, int, str]:
+    """Oldest first: by revision; a failed run after the revision it left in place, by start."""
+    failed = entry.outcome == FAILED
+    return (entry.revision if entry.revision is not None else -1, 1 if failed else 0, entry.run_id)
 
 
 def _add_changes(entries: dict[str, list[HistoryEntry]], newer: StateDocument, older: StateDocument) -> None:
@@ -233,7 +240,7 @@ def _add_reports(
     runs = [run_id for run_id in storage.list_folders(_parent(layout.run_dir("-"))) if run_id >= since]
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
         reports = list(pool.map(lambda run_id: _report(storage, layout, run_id), runs))
-    for run_id, report in zip(runs, reports, strict=True):
+    for run_id, (revision, report) in zip(runs, reports, strict=True):
         for outcome in report:
             name = outcome.get("table")
             if not isinstance(name, str) or (name not in entries and not any_table):
@@ -245,6 +252,7 @@ def _add_reports(
                         run_id=run_id,
                         time=started.isoformat() if started else None,
                         outcome=FAILED,
+                        revision=revision if isinstance(revision, int) else None,
                         load_type=outcome.get("load_type"),
                         watermark=outcome.get("watermark_before"),
                         message=outcome.get("message"),
@@ -257,14 +265,16 @@ def _add_reports(
                         found[index] = replace(entry, files_read=outcome.get("files_read"))
 
 
-def _report(storage: Storage, layout: Layout, run_id: str) -> list[dict[str, Any]]:
-    """A run's per-table outcomes; none when it left no readable report (running, or crashed)."""
+def _report(storage: Storage, layout: Layout, run_id: str) -> tuple[object, list[dict[str, Any]]]:
+    """A run's state revision and per-table outcomes; none when it left no readable report (it is
+    running, or crashed)."""
     try:
         report = storage.read_json(layout.report(run_id))
     except ValueError:
-        return []
-    tables = report.get("tables") if isinstance(report, dict) else None
-    return [outcome for outcome in tables if isinstance(outcome, dict)] if isinstance(tables, list) else []
+        return None, []
+    if not isinstance(report, dict) or not isinstance(report.get("tables"), list):
+        return None, []
+    return report.get("revision"), [outcome for outcome in report["tables"] if isinstance(outcome, dict)]
 
 
 def _parent(location: str) -> str:

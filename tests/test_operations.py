@@ -67,7 +67,10 @@ class Lake:
         return document
 
     def report(self, run_id: str, outcomes: list[dict[str, Any]]) -> None:
-        self.storage.write_json(self.layout.report(run_id), {"run_id": run_id, "tables": outcomes})
+        """The run's report, at the state's revision as its commit left it."""
+        revision = self.store.read()[0].revision
+        report = {"run_id": run_id, "revision": revision, "tables": outcomes}
+        self.storage.write_json(self.layout.report(run_id), report)
 
     def tracker(
         self,
@@ -183,6 +186,20 @@ def test_history_shows_each_tables_runs_newest_first_failed_runs_included(lake):
     assert customers[0].time == "2024-05-01T13:00:00+00:00"  # a failed run: when it started
 
 
+def test_history_is_in_commit_order_whatever_the_run_ids_sort_as(lake):
+    lake.commit(R1, {"orders": lake.tracker("orders", R1)})
+    reset_tables(lake.store, ["orders"], now=datetime(2024, 5, 1, 13, tzinfo=UTC))
+    # A run started in the same second as the reset, committed after it: its id sorts before it.
+    same_second = "20240501T130000Z-0000aaaa"
+    lake.commit(
+        same_second, {"orders": lake.tracker("orders", same_second, lake.store.read()[0].tables["orders"])}
+    )
+
+    found = table_history(lake.store, lake.storage, lake.layout)
+
+    assert [entry.outcome for entry in found["orders"]] == [SUCCEEDED, WAS_RESET, SUCCEEDED]
+
+
 def test_history_limit_and_table_choose_what_is_shown(lake):
     three_runs(lake)
 
@@ -224,6 +241,20 @@ def test_history_follows_the_lineage_of_a_state_started_over(lake):
     found = table_history(lake.store, lake.storage, lake.layout)
 
     assert [entry.run_id for entry in found["orders"]] == [R3, R2]
+
+
+def test_history_of_a_state_restored_from_an_older_lineage_follows_that_lineage(lake):
+    lake.commit(R1, {"orders": lake.tracker("orders", R1, rows=1)})
+    lake.commit(R2, {"orders": lake.tracker("orders", R2, rows=2)})
+    state = Path(lake.layout.cdc_path, "state.json")
+    state.unlink()  # started over: revision 1 again, committed later than R2
+    lake.commit(R3, {"orders": lake.tracker("orders", R3, rows=3)}, minute=120)
+    # Then restored from the history copy of R2, as docs/operations.md says for a corrupt state.
+    state.write_bytes(Path(lake.layout.cdc_path, "history", f"0000000002-{R2}.json").read_bytes())
+
+    found = table_history(lake.store, lake.storage, lake.layout)
+
+    assert [entry.run_id for entry in found["orders"]] == [R2, R1]
 
 
 # ----------------------------------------------------------------------------------------------
