@@ -546,15 +546,15 @@ def vacuum(
             f"the state's snapshots are not under --output {layout.output_path} (table "
             f"{elsewhere[0]!r} is at {example}); pass the output path its runs wrote to"
         )
-    referenced = _referenced(current)
+    referenced = _References.of(current)
     deadline = _now(now) - min_age
     finished: dict[str, bool] = {}
 
     def over(run_id: str) -> bool:
         if run_id not in finished:
             started = run_started(run_id)
-            has_report = bool(_report_exists(storage, layout, run_id))
-            finished[run_id] = has_report or (started is not None and started <= deadline)
+            old = started is not None and started <= deadline
+            finished[run_id] = old or _report_exists(storage, layout, run_id)
         return finished[run_id]
 
     orphans: list[Folder] = []
@@ -565,8 +565,8 @@ def vacuum(
     deleted: list[str] = []
     if apply and orphans:
         fresh, _ = store.read()
-        still = _referenced(fresh)
-        doomed = [f.location for f in orphans if f.location not in still and not _holds(f.location, still)]
+        still = _References.of(fresh)
+        doomed = [folder.location for folder in orphans if not still.keep(folder.location)]
         with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
             existed = list(pool.map(storage.delete_tree, doomed))
         deleted = [location for location, was_there in zip(doomed, existed, strict=True) if was_there]
@@ -580,39 +580,45 @@ def _report_exists(storage: Storage, layout: Layout, run_id: str) -> bool:
         return True  # a report, if an unreadable one: the run got as far as writing it
 
 
-def _referenced(document: StateDocument) -> set[str]:
-    return {location.rstrip("/") for tracker in document.tables.values() for location in tracker.locations()}
+@dataclass(frozen=True)
+class _References:
+    """The folders the committed trackers reference, and every folder above one of them."""
 
+    folders: frozenset[str]
+    above: frozenset[str]
 
-def _holds(location: str, referenced: set[str]) -> bool:
-    """Whether a referenced folder lies inside ``location``."""
-    inside = location.rstrip("/") + "/"
-    return any(other.startswith(inside) for other in referenced)
+    @classmethod
+    def of(cls, document: StateDocument) -> _References:
+        folders = {
+            location.rstrip("/") for tracker in document.tables.values() for location in tracker.locations()
+        }
+        above = {folder.rsplit("/", depth)[0] for folder in folders for depth in range(1, folder.count("/"))}
+        return cls(frozenset(folders), frozenset(above))
+
+    def keep(self, location: str) -> bool:
+        """Whether ``location`` is referenced, or holds a referenced folder."""
+        return location.rstrip("/") in self.folders or location.rstrip("/") in self.above
 
 
 def _unreferenced(
-    storage: Storage, layout: Layout, referenced: set[str]
+    storage: Storage, layout: Layout, referenced: _References
 ) -> Iterator[tuple[str, str, str, str]]:
     """(table, kind, run id, location) of every run folder under the output that nothing references."""
+    areas = {SNAPSHOT: layout.snapshot, TOMBSTONES: layout.tombstones, QUARANTINE: layout.quarantine}
     for table in storage.list_folders(layout.output_path):
-        areas = {
-            SNAPSHOT: layout.snapshot,
-            TOMBSTONES: layout.tombstones,
-            QUARANTINE: layout.quarantine,
-        }
         for kind, location_of in areas.items():
             for run_id in storage.list_folders(_parent(location_of(table, "-"))):
                 location = location_of(table, run_id)
                 if kind == QUARANTINE:
                     # Kept as long as its run's snapshot (or one of its partitions) is retained.
                     snapshot = layout.snapshot(table, run_id)
-                    if snapshot not in referenced and not _holds(snapshot, referenced):
+                    if not referenced.keep(snapshot):
                         yield table, kind, run_id, location
-                elif location in referenced and _holds(location, referenced):
+                elif location in referenced.folders and location in referenced.above:
                     # A run folder holding partitions that some snapshot names: the others are orphans.
                     for name in storage.list_folders(location):
                         partition = f"{location}/{name}"
-                        if partition not in referenced:
+                        if partition not in referenced.folders:
                             yield table, PARTITION, run_id, partition
-                elif location not in referenced and not _holds(location, referenced):
+                elif not referenced.keep(location):
                     yield table, kind, run_id, location
