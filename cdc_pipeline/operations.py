@@ -45,7 +45,7 @@ FAILED = "failed"  # a run failed the table: nothing of it was committed
 CURSOR_SETTLED = "cursor settled"  # an unchanged table's file cursor forgot files that have settled
 ROLLED_BACK = "rolled back"
 WAS_RESET = "reset"
-CHANGED = "changed"  # any other change of the tracker (none is made today)
+CHANGED = "changed"  # any other change of the tracker (a state edited by hand)
 
 # Vacuum's kinds of folder.
 SNAPSHOT, PARTITION, TOMBSTONES, QUARANTINE = "snapshot", "partition", "tombstones", "quarantine"
