@@ -163,7 +163,7 @@ def test_vacuum_deletes_a_crashed_runs_folders_and_nothing_a_commit_references(l
     land(lake, 1)
     second = run(lake)
     # A run that crashed two days ago while writing: its snapshot and quarantine, never committed.
-    crashed = "20260301T000000Z-c0ffee00"
+    crashed = f"{dt.datetime.now(dt.UTC) - dt.timedelta(days=2):%Y%m%dT%H%M%S}Z-c0ffee00"
     snapshot = lake["output"] / TABLE / "snapshots" / crashed
     quarantine = lake["output"] / TABLE / "quarantine" / crashed
     shutil.copytree(second["location"], snapshot)
