@@ -305,6 +305,45 @@ def merge_into_snapshot(
     return Merged(current, deleted, latest, winners)
 
 
+def full_load_tombstones(
+    batch: DataFrame,
+    written: DataFrame,
+    *,
+    primary_key: Sequence[str],
+    ordering: Sequence[str],
+    delete_column: str,
+    delete_values: Sequence[str],
+    now_micros: int,
+) -> DataFrame:
+    """The tombstones :func:`merge_into_snapshot` gives a full load (no snapshot, no tombstones
+    before it), found without comparing every key a second time or keeping every winning row.
+
+    A key's newest version is a delete exactly when the key has a delete among its versions and the
+    new snapshot ``written`` (its key columns suffice) does not hold it. Its newest version's
+    ordering is then the greatest of all its versions' orderings (orderings decide before source
+    rank and content hash do), which is its newest delete's. So only the delete rows of ``batch``
+    are aggregated (a few columns of a few rows) and only the keys of ``written`` are read.
+    """
+    is_delete = F.coalesce(col(delete_column).cast("string").isin(list(delete_values)), F.lit(False))
+    tombstone_columns = [*primary_key, *(c for c in ordering if c not in primary_key)]
+    ordering_only = [c for c in tombstone_columns if c not in primary_key]
+    # Struct comparison is field by field, nulls lowest: the ordering latest_per_key ranks by.
+    newest = (
+        batch.filter(is_delete)
+        .groupBy(*map(col, primary_key))
+        .agg(F.max(F.struct(*map(col, ordering_only))).alias(_WINNER))
+        .select(*map(col, primary_key), *(col(_WINNER)[c].alias(c) for c in ordering_only))
+    )
+    # The deleted keys are few; the snapshot's keys are every live key: probe the snapshot's keys
+    # for deleted ones (the small side is the one built), then drop those few from the deleted.
+    live = written.select(*map(col, primary_key)).join(
+        newest.select(*map(col, primary_key)), list(primary_key), "left_semi"
+    )
+    return newest.join(live, list(primary_key), "left_anti").select(
+        *map(col, tombstone_columns), F.lit(now_micros).cast("long").alias(DELETED_AT)
+    )
+
+
 def append_rows(snapshot: DataFrame | None, batch: DataFrame) -> DataFrame:
     """Rows of a table without a primary key: the snapshot's, then the batch's, kept as they are."""
     if snapshot is None:

@@ -14,6 +14,7 @@ from pyspark.sql import types as T
 
 from cdc_pipeline.transform import (
     DedupStrategy,
+    full_load_tombstones,
     incremental_rows,
     latest_per_key,
     merge_into_snapshot,
@@ -187,6 +188,40 @@ def test_merging_batch_after_batch_equals_the_model_of_all_versions(
 
     assert snapshot is not None
     assert as_set(snapshot) == expected
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    versions=st.lists(
+        st.tuples(
+            st.integers(0, 6),  # key
+            st.sampled_from(["a", "b", "c"]),  # value
+            st.one_of(st.none(), st.integers(0, 2)),  # seq: ties and nulls on purpose
+            st.sampled_from(["U", "U", "D", None]),  # op
+            st.one_of(st.none(), st.integers(0, 2)),  # stamp
+        ),
+        max_size=40,
+    ),
+    strategy=st.sampled_from(list(DedupStrategy)),
+)
+def test_full_load_tombstones_from_deletes_and_written_keys_equal_the_merges_own(
+    spark, versions, strategy
+) -> None:
+    batch = frame(spark, [(k, v, q, op, None if t is None else at(t)) for k, v, q, op, t in versions])
+    merged = merge_with_tombstones(None, batch, strategy, now=7)
+
+    found = full_load_tombstones(
+        batch,
+        merged.snapshot.localCheckpoint(),
+        primary_key=["id"],
+        ordering=["updated_at", "seq"],
+        delete_column="op",
+        delete_values=["D"],
+        now_micros=7,
+    )
+
+    assert found.schema == merged.tombstones.schema
+    assert sorted(found.collect()) == sorted(merged.tombstones.collect())
 
 
 @MERGE_PATHS
