@@ -61,6 +61,8 @@ ATTEMPTS = 5
 
 Clock = Callable[[], datetime]
 OwnerEnded = Callable[["Lease"], bool]
+# Hears of a lease taken over: the lease as it was, and why it could be.
+TakingOver = Callable[["Lease", str], None]
 
 
 def utc_now() -> datetime:
@@ -152,8 +154,10 @@ def acquire(
     owner_ended: OwnerEnded | None = None,
     now: Clock = utc_now,
     advice: str = LOCAL_ADVICE,
+    taking_over: TakingOver | None = None,
 ) -> Lease:
-    """Take the lease for ``run_id`` of ``owner`` for ``ttl_s`` seconds.
+    """Take the lease for ``run_id`` of ``owner`` for ``ttl_s`` seconds; ``taking_over`` hears of
+    another run's lease taken over (it is logged as a warning too).
 
     Raises
     ------
@@ -174,24 +178,18 @@ def acquire(
                 # keeps its start.
                 if current.run_id == run_id:
                     lease = replace(lease, started_at=current.started_at)
+                why = None
             elif current.expired(moment):
-                logger.warning(
-                    "run %s takes over the run lease of run %s (owner %s), which expired at %s",
-                    run_id,
-                    current.run_id,
-                    current.owner,
-                    current.expires_at,
-                )
+                why = f"its lease expired at {current.expires_at}"
             elif owner_ended is not None and owner_ended(current):
-                logger.warning(
-                    "run %s takes over the run lease of run %s: its owner %s is no longer running",
-                    run_id,
-                    current.run_id,
-                    current.owner,
-                )
+                why = f"its owner {current.owner} is no longer running"
             else:
                 raise in_progress(current, advice)
             store.replace(lease, version)
+            if why is not None:
+                logger.warning("run %s took over the run lease of run %s: %s", run_id, current.run_id, why)
+                if taking_over is not None:
+                    taking_over(current, why)
             return lease
         except LeaseConflictError:
             continue  # another run wrote it in between: decide again on what it wrote
@@ -305,6 +303,7 @@ def wait_and_acquire(
     poll_s: float = DEFAULT_POLL_S,
     owner_ended: OwnerEnded | None = None,
     waiting: Callable[[RunInProgressError], None] = lambda refused: None,
+    taking_over: TakingOver | None = None,
     now: Clock = utc_now,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
@@ -315,7 +314,9 @@ def wait_and_acquire(
     told = False
     while True:
         try:
-            return acquire(store, run_id, owner, ttl_s, owner_ended=owner_ended, now=now)
+            return acquire(
+                store, run_id, owner, ttl_s, owner_ended=owner_ended, now=now, taking_over=taking_over
+            )
         except RunInProgressError as refused:
             remaining = deadline - monotonic()
             if remaining <= 0:
@@ -349,12 +350,21 @@ def holding(
     poll_s: float = DEFAULT_POLL_S,
     owner_ended: OwnerEnded | None = None,
     waiting: Callable[[RunInProgressError], None] = lambda refused: None,
+    taking_over: TakingOver | None = None,
 ) -> Iterator[Lease]:
     """Hold the lease for the ``with`` block: take it (waiting up to ``wait_s``), renew it every
     third of ``ttl_s`` on a background thread, release it when the block ends, however it ends
     (an error, an interrupt)."""
     lease = wait_and_acquire(
-        store, run_id, owner, ttl_s, wait_s=wait_s, poll_s=poll_s, owner_ended=owner_ended, waiting=waiting
+        store,
+        run_id,
+        owner,
+        ttl_s,
+        wait_s=wait_s,
+        poll_s=poll_s,
+        owner_ended=owner_ended,
+        waiting=waiting,
+        taking_over=taking_over,
     )
     renewer = _Renewer(store, lease, ttl_s)
     renewer.start()

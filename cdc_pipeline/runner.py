@@ -116,6 +116,7 @@ def run_local(
         wait_s=settings.lease_wait_s,
         owner_ended=local_owner_ended,
         waiting=lambda refused: say("lease", waiting_for(refused)),
+        taking_over=lambda held, why: say("lease", f"took over the lease of run {held.run_id}: {why}"),
     )
     with lease, _run_log(Path(layout.run_dir(settings.run_id)) / "run.log"):
         return _run(settings, layout, spark, say, lease_store)

@@ -183,13 +183,18 @@ def test_a_run_that_lost_its_lease_stops_renewing_and_leaves_the_new_holders_lea
     assert f"run run-1 lost its run lease {dirs.leases.location} to run run-2" in caplog.text
 
 
-def test_the_lease_of_a_crashed_run_on_this_host_is_taken_over_at_once(dirs) -> None:
+def test_the_lease_of_a_crashed_run_on_this_host_is_taken_over_at_once_saying_so(dirs, capsys) -> None:
     crashed = subprocess.Popen([sys.executable, "-c", "pass"])
     crashed.wait()
-    dirs.held_by(owner=f"{socket.gethostname()}/{crashed.pid}")
+    owner = f"{socket.gethostname()}/{crashed.pid}"
+    held = dirs.held_by(owner=owner)
 
     assert main(dirs.args()) == 0
 
+    out = capsys.readouterr().out
+    assert (
+        f"[lease] took over the lease of run {held.run_id}: its owner {owner} is no longer running\n" in out
+    )
     assert dirs.leases.read() == (None, None)
 
 

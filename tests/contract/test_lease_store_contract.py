@@ -94,12 +94,17 @@ def test_a_free_lease_is_taken_and_a_second_run_is_refused_naming_the_first(leas
 
 def test_an_expired_lease_is_taken_over(lease_store_case) -> None:
     store = lease_store_case.make()
-    acquire(store, "run-1", "host/1", TTL_S, now=at(0))
+    expired = acquire(store, "run-1", "host/1", TTL_S, now=at(0))
+    told: list[tuple[Lease, str]] = []
 
-    taken = acquire(store, "run-2", "host/2", TTL_S, now=at(TTL_S))
+    def taking_over(lease: Lease, why: str) -> None:
+        told.append((lease, why))
+
+    taken = acquire(store, "run-2", "host/2", TTL_S, now=at(TTL_S), taking_over=taking_over)
 
     assert store.read()[0] == taken
     assert (taken.run_id, taken.started_at) == ("run-2", "2026-05-01T12:10:00.000+00:00")
+    assert told == [(expired, "its lease expired at 2026-05-01T12:10:00.000+00:00")]
 
 
 def test_the_lease_of_an_owner_that_ended_is_taken_over_before_it_expires(lease_store_case) -> None:
