@@ -11,8 +11,8 @@ The rules, written once here for every store (a :class:`LeaseStore` only reads a
 writes):
 
 - a run **takes** the lease when there is none, when it has expired, when its owner has ended
-  (a crashed local process, an execution no longer running), or when its owner is this run's own
-  (a retried Plan Lambda of the same execution); otherwise it raises :class:`RunInProgressError`;
+  (a crashed local process, an execution no longer running), or, on AWS, when its owner is this
+  run's own execution (a retried Plan Lambda); otherwise it raises :class:`RunInProgressError`;
 - the holder **renews** it (locally every third of its time to live, while ingesting); on AWS the
   time to live outlasts the execution's timeout instead, as no process lives through a whole run;
 - the holder **releases** it once the run has committed or failed, only while it still names the
@@ -155,9 +155,14 @@ def acquire(
     now: Clock = utc_now,
     advice: str = LOCAL_ADVICE,
     taking_over: TakingOver | None = None,
+    owner_retakes: bool = False,
 ) -> Lease:
     """Take the lease for ``run_id`` of ``owner`` for ``ttl_s`` seconds; ``taking_over`` hears of
     another run's lease taken over (it is logged as a warning too).
+
+    With ``owner_retakes``, a lease of the same owner is taken again whatever its run: an execution
+    runs one plan at a time, so that is its own retried Plan Lambda. A local process has no such
+    retry: another run of the same process is refused like any other.
 
     Raises
     ------
@@ -173,7 +178,7 @@ def acquire(
             if current is None or version is None:
                 store.create(lease)
                 return lease
-            if current.owner == owner:
+            if owner_retakes and current.owner == owner:
                 # The same owner again: a retried Plan Lambda of one execution; a run id seen again
                 # keeps its start.
                 if current.run_id == run_id:

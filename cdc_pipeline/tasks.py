@@ -111,6 +111,7 @@ def _take_lease(
         str(terms["owner"]),
         float(terms["run_timeout_s"]) + AWS_TTL_MARGIN_S,
         owner_ended=owner_ended,
+        owner_retakes=True,
         advice="this execution started no Glue run. Let that run finish (a schedule's next run goes "
         "ahead once it has), or stop its execution: a stopped execution's lease is taken over at once",
     )

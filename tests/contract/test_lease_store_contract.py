@@ -128,12 +128,22 @@ def test_the_same_owner_takes_its_lease_again_as_a_retried_plan_does(lease_store
     store = lease_store_case.make()
     acquire(store, "run-1", OTHER, TTL_S, now=at(0))
 
-    again = acquire(store, "run-1", OTHER, TTL_S, now=at(30))
-    retried = acquire(store, "run-2", OTHER, TTL_S, now=at(40))
+    again = acquire(store, "run-1", OTHER, TTL_S, now=at(30), owner_retakes=True)
+    retried = acquire(store, "run-2", OTHER, TTL_S, now=at(40), owner_retakes=True)
 
     assert again.started_at == "2026-05-01T12:00:00.000+00:00"  # the same run keeps its start
     assert store.read()[0] == retried
     assert retried.run_id == "run-2"
+
+
+def test_a_second_run_of_the_same_process_is_refused_like_any_other(lease_store_case) -> None:
+    store = lease_store_case.make()
+    first = acquire(store, "run-1", "host/1", TTL_S, now=at(0))
+
+    with pytest.raises(RunInProgressError):
+        acquire(store, "run-2", "host/1", TTL_S, owner_ended=lambda lease: False, now=at(1))
+
+    assert store.read()[0] == first
 
 
 class _RivalTakesOverFirst:
