@@ -1,7 +1,8 @@
 """The ``cdc-pipeline`` command: run the pipeline locally, show the committed state.
 
 Exit codes: 0 every table succeeded; 1 some table failed (the others were committed) or the
-commit was refused; 2 a usage or configuration error (nothing ran).
+commit was refused; 2 a usage or configuration error (nothing ran); 75 (EX_TEMPFAIL) another run
+holds the run lease on the state (nothing ran; try again later, or ``--wait-for-lease``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import threading
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from pathlib import Path
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
 from cdc_pipeline.commands import add_operator_commands
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS
-from cdc_pipeline.errors import CommitConflictError, ConfigurationError
+from cdc_pipeline.errors import CommitConflictError, ConfigurationError, RunInProgressError
 from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
 from cdc_pipeline.plan import LoadType
 from cdc_pipeline.report import render_report, render_status
@@ -25,6 +27,7 @@ from cdc_pipeline.runner import DEFAULT_PARALLELISM, RunSettings, run_local
 from cdc_pipeline.state import LocalStateStore
 
 EXIT_OK, EXIT_TABLE_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_RUN_IN_PROGRESS = 75  # EX_TEMPFAIL (sysexits.h): a temporary condition, worth retrying later
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="small tables whose work is under this many MiB share one Glue run on AWS; locally it only "
         "shapes the report's Glue DPU-minute estimate (default %(default)s, 0: one run per table)",
     )
+    run.add_argument(
+        "--wait-for-lease",
+        nargs="?",
+        type=float,
+        const=math.inf,
+        default=0.0,
+        metavar="SECONDS",
+        help="when another run is in progress on the state, wait for it (at most SECONDS; without a "
+        f"number, until it ends) instead of exiting with code {EXIT_RUN_IN_PROGRESS}",
+    )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
 
     start = commands.add_parser(
@@ -87,17 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging()
+    handlers = {"run": _run, "start": _start, "status": _status}
     try:
         if getattr(args, "operator", None) is not None:
             return int(args.operator(args))
-        if args.command == "run":
-            return _run(args)
-        if args.command == "start":
-            return _start(args)
-        return _status(args)
+        return handlers[args.command](args)
     except CommitConflictError as exc:
         print(f"commit refused: {exc}", file=sys.stderr)
         return EXIT_TABLE_FAILED
+    except RunInProgressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_IN_PROGRESS
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         retained_snapshots=args.retain_snapshots,
         settle_window=args.settle_window,
         pack_bytes=args.pack_mib * MIB,
+        lease_wait_s=args.wait_for_lease,
     )
     lock = threading.Lock()
 
@@ -133,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace, sfn: object | None = None) -> int:
     from cdc_pipeline.aws.clients import START_SFN_THREADS, aws_client
-    from cdc_pipeline.aws.executions import follow_run, start_run
+    from cdc_pipeline.aws.executions import RUN_IN_PROGRESS, follow_run, start_run
 
     client = sfn or aws_client("stepfunctions", threads=START_SFN_THREADS)
     tables = [name.strip() for name in (args.tables or "").split(",") if name.strip()]
@@ -152,6 +166,8 @@ def _start(args: argparse.Namespace, sfn: object | None = None) -> int:
         print(json.dumps(json.loads(execution["output"]).get("commit", {}), indent=2))
     if execution.get("error"):
         print(f"{execution['error']}: {execution.get('cause', '')}", file=sys.stderr)
+    if execution.get("error") == RUN_IN_PROGRESS:
+        return EXIT_RUN_IN_PROGRESS
     return EXIT_OK if execution["status"] == "SUCCEEDED" else EXIT_TABLE_FAILED
 
 

@@ -35,3 +35,19 @@ class CommitConflictError(PipelineError):
 
 class JavaNotFoundError(ConfigurationError):
     """PySpark cannot start because no Java runtime is installed."""
+
+
+class RunInProgressError(PipelineError):
+    """Another run holds the run lease on the state: this run did nothing (CLI exit code 75; on AWS
+    the execution fails with ``RunInProgress`` before any Glue run)."""
+
+    def __init__(self, message: str, *, run_id: str, owner: str, since: str, expires_at: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.owner = owner
+        self.since = since
+        self.expires_at = expires_at
+
+
+class LeaseLostError(CommitConflictError):
+    """This run's lease expired and another run took it over: its commit is refused (exit code 1)."""

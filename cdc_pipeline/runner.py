@@ -17,6 +17,14 @@ from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, settle_micros
 from cdc_pipeline.catalog import LocalCatalog, NoOutputCatalog
 from cdc_pipeline.commit import DEFAULT_RETAINED_SNAPSHOTS, CommitReport
 from cdc_pipeline.errors import ConfigurationError
+from cdc_pipeline.lease import (
+    DEFAULT_LOCAL_TTL_S,
+    LocalLeaseStore,
+    holding,
+    local_owner,
+    local_owner_ended,
+    waiting_for,
+)
 from cdc_pipeline.manifest import Manifest
 from cdc_pipeline.packs import DEFAULT_PACK_BYTES, MIB
 from cdc_pipeline.plan import Layout, LoadType, Plan, WorkItem, new_run_id
@@ -48,6 +56,10 @@ class RunSettings:
     settle_window: str = DEFAULT_SETTLE_WINDOW
     pack_bytes: int = DEFAULT_PACK_BYTES
     run_id: str = field(default_factory=new_run_id)
+    # The run lease (lease.py): how long to wait for another run's (math.inf: until it is free), and
+    # its time to live, renewed every third of it while this run lives.
+    lease_wait_s: float = 0.0
+    lease_ttl_s: float = DEFAULT_LOCAL_TTL_S
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
@@ -60,6 +72,8 @@ class RunSettings:
             raise ConfigurationError(
                 f"--pack-mib must be 0 (no packing) or more, got {self.pack_bytes // MIB}"
             )
+        if not self.lease_wait_s >= 0:  # NaN too
+            raise ConfigurationError(f"--wait-for-lease must be 0 seconds or more, got {self.lease_wait_s:g}")
         if self.retained_snapshots < 1:
             raise ConfigurationError(
                 f"--retain-snapshots must be at least 1 (the current snapshot), got {self.retained_snapshots}"
@@ -86,10 +100,26 @@ def run_local(
     spark: SparkSession | None = None,
     progress: Progress | None = None,
 ) -> CommitReport:
-    """Plan, ingest and commit one run on local directories; returns the run report."""
+    """Plan, ingest and commit one run on local directories; returns the run report.
+
+    The run holds the run lease throughout, released however it ends; RunInProgressError (before
+    anything is written) when another run holds it.
+    """
     layout = Layout(output_path=str(settings.output.resolve()), cdc_path=str(settings.state.resolve()))
-    with _run_log(Path(layout.run_dir(settings.run_id)) / "run.log"):
-        return _run(settings, layout, spark, progress or (lambda table, message: None))
+    say = progress or (lambda table, message: None)
+    lease_store = LocalLeaseStore(settings.state)
+    lease = holding(
+        lease_store,
+        settings.run_id,
+        local_owner(),
+        settings.lease_ttl_s,
+        wait_s=settings.lease_wait_s,
+        owner_ended=local_owner_ended,
+        waiting=lambda refused: say("lease", waiting_for(refused)),
+        taking_over=lambda held, why: say("lease", f"took over the lease of run {held.run_id}: {why}"),
+    )
+    with lease, _run_log(Path(layout.run_dir(settings.run_id)) / "run.log"):
+        return _run(settings, layout, spark, say, lease_store)
 
 
 @contextmanager
@@ -110,7 +140,13 @@ def _run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _run(settings: RunSettings, layout: Layout, spark: SparkSession | None, say: Progress) -> CommitReport:
+def _run(
+    settings: RunSettings,
+    layout: Layout,
+    spark: SparkSession | None,
+    say: Progress,
+    lease_store: LocalLeaseStore,
+) -> CommitReport:
     storage = LocalStorage()
     state_store = LocalStateStore(settings.state)
     plan = plan_stage(
@@ -141,6 +177,7 @@ def _run(settings: RunSettings, layout: Layout, spark: SparkSession | None, say:
         layout=layout,
         failures=failures,
         retained_snapshots=settings.retained_snapshots,
+        lease_store=lease_store,
     )
 
 

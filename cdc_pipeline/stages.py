@@ -15,6 +15,7 @@ from typing import Any
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW
 from cdc_pipeline.catalog import Catalog, OutputCatalog, PublishedTable
 from cdc_pipeline.commit import IO_THREADS, CommitReport, commit_run
+from cdc_pipeline.lease import LeaseGuardedStateStore, LeaseStore
 from cdc_pipeline.packs import DEFAULT_GLUE_DPU, DEFAULT_PACK_BYTES, Pack, pack, runs_alone
 from cdc_pipeline.plan import PLAN_THREADS, Layout, LoadType, Plan, WorkItem, plan_run
 from cdc_pipeline.registry import RegistrySource, load_registry
@@ -132,8 +133,12 @@ def commit_stage(
     retained_snapshots: int,
     run_failures: dict[str, str] | None = None,
     dpu_per_run: float = DEFAULT_GLUE_DPU,
+    lease_store: LeaseStore | None = None,
 ) -> CommitReport:
     """Commit the run, point the output catalog at the new snapshots, write the report.
+
+    With ``lease_store``, the state write is refused (LeaseLostError) once the run lease names
+    another run: that run took it over after this one's lease expired, and is the one to commit.
 
     The state document is the commit; the output catalog follows it. If updating the catalog
     fails, the error is raised after the state is committed: a retry finds the run committed and
@@ -142,7 +147,7 @@ def commit_stage(
     """
     report = commit_run(
         plan,
-        state_store,
+        state_store if lease_store is None else LeaseGuardedStateStore(state_store, lease_store, plan.run_id),
         storage,
         failures=failures,
         run_failures=run_failures,

@@ -12,9 +12,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from cdc_pipeline.aws.s3 import parse_s3_uri
 from cdc_pipeline.catalog import Catalog, OutputCatalog
-from cdc_pipeline.errors import ConfigurationError
+from cdc_pipeline.errors import ConfigurationError, PipelineError
+from cdc_pipeline.lease import AWS_TTL_MARGIN_S, LeaseStore, OwnerEnded, acquire, release
 from cdc_pipeline.plan import Layout, LoadType, Plan, new_run_id
 from cdc_pipeline.registry import RegistrySource
 from cdc_pipeline.settings import CommitSettings, PlanSettings
@@ -35,8 +38,15 @@ def plan_task(
     registry_source: RegistrySource,
     state_store: StateStore,
     storage: Storage,
+    lease_store: LeaseStore | None = None,
+    owner_ended: OwnerEnded | None = None,
 ) -> dict[str, Any]:
-    """Plan a run; the Map reads its items from S3, never from this (bounded) payload."""
+    """Plan a run; the Map reads its items from S3, never from this (bounded) payload.
+
+    With ``lease_store``, the run first takes the run lease for the execution the event's ``lease``
+    names (``owner``, ``run_timeout_s``): RunInProgressError, before anything is read or written,
+    when another execution holds it; a plan that fails gives it back.
+    """
     requested = event.get("load_type")
     if requested not in (None, *(t.value for t in LoadType)):
         raise ConfigurationError(f"load_type {requested!r} must be 'full' or 'incremental'")
@@ -44,18 +54,26 @@ def plan_task(
     if tables is not None and not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
         raise ConfigurationError(f"tables must be a list of table names, got {tables!r}")
     layout = Layout(output_path=settings.output_path, cdc_path=settings.cdc_path)
-    plan = plan_stage(
-        catalog=catalog,
-        registry_source=registry_source,
-        state_store=state_store,
-        storage=storage,
-        layout=layout,
-        run_id=new_run_id(),
-        load_type=LoadType(requested) if requested else None,
-        tables=tables or None,
-        settle_window=settings.settle_window,
-        pack_bytes=settings.pack_bytes,
-    )
+    run_id = new_run_id()
+    if lease_store is not None:
+        _take_lease(event, lease_store, run_id, owner_ended)
+    try:
+        plan = plan_stage(
+            catalog=catalog,
+            registry_source=registry_source,
+            state_store=state_store,
+            storage=storage,
+            layout=layout,
+            run_id=run_id,
+            load_type=LoadType(requested) if requested else None,
+            tables=tables or None,
+            settle_window=settings.settle_window,
+            pack_bytes=settings.pack_bytes,
+        )
+    except BaseException:
+        if lease_store is not None:
+            _give_back(lease_store, run_id)
+        raise
     items_bucket, items_key = parse_s3_uri(layout.items(plan.run_id))
     logger.info(
         "run %s planned: %d table(s) to ingest in %d Glue run(s), %d unchanged, %d failed in plan, "
@@ -76,6 +94,35 @@ def plan_task(
         "unchanged_count": len(plan.unchanged),
         "plan_location": layout.plan(plan.run_id),
     }
+
+
+def _take_lease(
+    event: dict[str, Any], lease_store: LeaseStore, run_id: str, owner_ended: OwnerEnded | None
+) -> None:
+    terms = event.get("lease")
+    if not isinstance(terms, dict) or not terms.get("owner") or not terms.get("run_timeout_s"):
+        raise ConfigurationError(
+            f"the Plan Lambda's event names no run lease ({{'owner', 'run_timeout_s'}}), got {terms!r}: "
+            "start runs through the state machine, which adds it"
+        )
+    acquire(
+        lease_store,
+        run_id,
+        str(terms["owner"]),
+        float(terms["run_timeout_s"]) + AWS_TTL_MARGIN_S,
+        owner_ended=owner_ended,
+        owner_retakes=True,
+        advice="this execution started no Glue run. Let that run finish (a schedule's next run goes "
+        "ahead once it has), or stop its execution: a stopped execution's lease is taken over at once",
+    )
+
+
+def _give_back(lease_store: LeaseStore, run_id: str) -> None:
+    """Release the lease of a plan that failed; the plan's error is the one the execution reports."""
+    try:
+        release(lease_store, run_id)
+    except (ClientError, PipelineError) as exc:
+        logger.error("run %s could not release its run lease after its plan failed: %s", run_id, exc)
 
 
 def map_failures(map_result: dict[str, Any], storage: Storage) -> dict[str, str]:
@@ -151,8 +198,13 @@ def commit_task(
     state_store: StateStore,
     storage: Storage,
     output_catalog: OutputCatalog,
+    lease_store: LeaseStore | None = None,
 ) -> dict[str, Any]:
-    """Commit the run the event names; raise CommitConflictError when another run came first."""
+    """Commit the run the event names; raise CommitConflictError when another run came first.
+
+    With ``lease_store``: refused (LeaseLostError) when another run took the run lease over; the
+    lease is released once the run is published.
+    """
     layout = Layout(output_path=settings.output_path, cdc_path=settings.cdc_path)
     plan = load_plan(storage, layout, event["plan"]["run_id"])
     failures, run_failures = table_failures(
@@ -168,7 +220,10 @@ def commit_task(
         run_failures=run_failures,
         retained_snapshots=settings.retained_snapshots,
         dpu_per_run=settings.glue_dpu,
+        lease_store=lease_store,
     )
+    if lease_store is not None:
+        release(lease_store, plan.run_id)
     succeeded = [o for o in report.outcomes if o.status == "succeeded"]
     for outcome in report.failed:
         logger.error("table %s failed: %s", outcome.table, outcome.message)
@@ -187,3 +242,12 @@ def commit_task(
             (datetime.now(UTC) - datetime.fromisoformat(plan.created_at)).total_seconds(), 1
         ),
     }
+
+
+def release_task(event: dict[str, Any], *, lease_store: LeaseStore) -> dict[str, Any]:
+    """The state machine's failure path: give back the run lease of the run the event names, if it
+    still holds it (``{"release_lease": {"run_id": ...}}``)."""
+    run_id = event["release_lease"]["run_id"]
+    released = release(lease_store, run_id)
+    logger.info("run %s %s the run lease", run_id, "released" if released else "no longer held")
+    return {"run_id": run_id, "released": released}

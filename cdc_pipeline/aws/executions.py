@@ -1,17 +1,26 @@
-"""Start a run of the deployed state machine and follow it table by table in the terminal."""
+"""Start a run of the deployed state machine and follow it table by table in the terminal; tell
+whether an execution holding the run lease is still running."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from cdc_pipeline.lease import Lease
 from cdc_pipeline.tasks import failure_text
 
+logger = logging.getLogger(__name__)
+
 TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
+# The error of an execution that found another run holding the run lease (state machine: RunInProgress).
+RUN_IN_PROGRESS = "RunInProgress"
 Say = Callable[[str, str], None]
 
 
@@ -67,3 +76,35 @@ def _report_children(sfn: Any, map_run_arn: str, reported: set[str], say: Say) -
                         "Cause": detail.get("cause", ""),
                     }
                     say(table, f"FAILED: {failure_text(error.get('Error', status), error.get('Cause', ''))}")
+
+
+def execution_ended(sfn: Any) -> Callable[[Lease], bool]:
+    """Whether the execution owning a lease (its ARN) has ended, for ``lease.acquire``: a stopped,
+    timed-out or failed execution never reached the step that releases its lease.
+
+    An owner this cannot look up (not an execution ARN, or no permission to describe it) counts as
+    running: its lease is then taken over only once it expires.
+    """
+
+    def ended(lease: Lease) -> bool:
+        if ":states:" not in lease.owner or ":execution:" not in lease.owner:
+            return False
+        try:
+            status = sfn.describe_execution(executionArn=lease.owner)["status"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ExecutionDoesNotExist":
+                return True  # its history has expired (90 days after it ended)
+            if code in ("AccessDeniedException", "InvalidArn"):
+                logger.warning(
+                    "cannot tell whether %s, which holds the run lease, still runs (%s); it is taken "
+                    "over once it expires at %s",
+                    lease.owner,
+                    code,
+                    lease.expires_at,
+                )
+                return False
+            raise
+        return status != "RUNNING"
+
+    return ended

@@ -24,6 +24,7 @@ from cdc_pipeline.errors import (
     PipelineError,
     RegistryError,
 )
+from cdc_pipeline.lease import LEASE_FILE, Lease, LeaseConflictError, parse_lease
 from cdc_pipeline.state import HISTORY_DIR, STATE_FILE, Revision, StateDocument, parse_state_document
 
 SCHEME = "s3://"
@@ -481,6 +482,71 @@ class S3StateStore:
                     f"{document.run_id!r} used twice?). The commit stands; move the older copy aside to "
                     "keep it, then copy the state document there"
                 ) from exc
+
+
+class S3LeaseStore:
+    """The run lease at ``<cdc_path>/lease.json`` (see ``cdc_pipeline.lease``), written with S3's
+    conditional requests: ``PutObject(IfNoneMatch='*')`` takes a free lease, ``PutObject(IfMatch=
+    <ETag>)`` renews or takes over one, ``DeleteObject(IfMatch=<ETag>)`` releases it. The version
+    token is the ETag.
+
+    Parameters
+    ----------
+    cdc_path
+        The ``s3://`` folder holding the state (the pipeline's ``cdc_path``).
+    client
+        A boto3 S3 client; one is created when omitted.
+    """
+
+    def __init__(self, cdc_path: str, client: Any = None) -> None:
+        self.bucket, prefix = parse_s3_uri(cdc_path)
+        self.key = _join(prefix.strip("/"), LEASE_FILE)
+        self.location = _uri(self.bucket, self.key)
+        self.client = client or boto3.client("s3")
+
+    def read(self) -> tuple[Lease | None, str | None]:
+        """The lease and its ETag, or (None, None) when no run holds it."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchKey":
+                return None, None
+            _raise_for(exc, doing="read the run lease", uri=self.location, permission="s3:GetObject")
+        return parse_lease(response["Body"].read(), self.location), str(response["ETag"])
+
+    def create(self, lease: Lease) -> str:
+        """Write ``lease`` if there is none; LeaseConflictError when another run wrote one first."""
+        return self._put(lease, IfNoneMatch="*")
+
+    def replace(self, lease: Lease, version: str) -> str:
+        """Replace the lease if its ETag is still ``version``; LeaseConflictError otherwise."""
+        return self._put(lease, IfMatch=version)
+
+    def delete(self, version: str) -> None:
+        """Remove the lease if its ETag is still ``version``; LeaseConflictError otherwise."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
+        except ClientError as exc:
+            self._conflict_or_raise(exc, doing="release the run lease", permission="s3:DeleteObject")
+
+    def _put(self, lease: Lease, **condition: str) -> str:
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=lease.to_bytes(),
+                ContentType="application/json",
+                **condition,
+            )
+        except ClientError as exc:
+            self._conflict_or_raise(exc, doing="write the run lease", permission="s3:PutObject")
+        return str(response["ETag"])
+
+    def _conflict_or_raise(self, exc: ClientError, *, doing: str, permission: str) -> NoReturn:
+        # 412: another version; 409: a conditional write racing this one; 404: removed meanwhile.
+        if _error_code(exc) in (*_CONDITION_FAILED, "NoSuchKey") or _http_status(exc) in (404, 409, 412):
+            raise LeaseConflictError(f"{self.location} changed ({_error_code(exc)})") from exc
+        _raise_for(exc, doing=doing, uri=self.location, permission=permission)
 
 
 class S3RegistrySource:

@@ -25,6 +25,9 @@ from typing import Any
 
 import pytest
 
+from cdc_pipeline.aws.s3 import S3LeaseStore
+from cdc_pipeline.lease import acquire
+
 from .conftest import REGION, SOURCE_DATABASE
 from .fakes import create_source_tables, land_files
 from .test_stack_deploy import (
@@ -113,7 +116,14 @@ def needs_of(call: ApiCall, keys: dict[str, str]) -> list[Need]:
             Need(call.role, action, f"arn:{PARTITION}:s3:::{p['Bucket']}/{key}", why=why)
             for key in keys_named
         ]
+        if call.operation == "DeleteObject" and "IfMatch" in p:
+            # A delete conditional on an ETag needs s3:GetObject too (S3 user guide, conditional deletes).
+            needs.append(
+                Need(call.role, "s3:GetObject", f"arn:{PARTITION}:s3:::{p['Bucket']}/{p['Key']}", why=why)
+            )
         return needs + _kms_needs(call.role, call.operation, p["Bucket"], keys_named, keys, why)
+    if call.service == "stepfunctions" and call.operation == "DescribeExecution":
+        return [Need(call.role, "states:DescribeExecution", p["executionArn"], why=why)]
     if call.service == "glue" and call.operation == "GetTables":
         database = p["DatabaseName"]
         resources = ["catalog", f"database/{database}", f"table/{database}/*"]
@@ -297,6 +307,11 @@ def _run_three_times(deployment: Deployment) -> None:
     for run in range(3):
         if run:
             land_files(deployment.s3, LANDING_BUCKET, tables, f"CDC-{run}.parquet")
+        if run == 1:
+            # The lease as an execution that was stopped leaves it: the next Plan asks whether that
+            # execution still runs, then takes the lease over.
+            leases = S3LeaseStore(deployment.outputs["StateLocation"], client=deployment.s3)
+            acquire(leases, "run-stopped", deployment.executions[0]["executionArn"], 3600)
         execution = deployment.run(deployment.packaged.schedule_input)
         assert execution["status"] == "SUCCEEDED", execution
         deployment.executions.append(execution)
@@ -321,6 +336,10 @@ def test_every_aws_call_of_the_pipeline_is_allowed_to_the_role_its_code_runs_as(
         ("CommitFunctionRole", "BatchDeletePartition"),
         ("CommitFunctionRole", "DeleteObjects"),
         ("GlueJobRole", "DeleteObjects"),
+        # The run lease: taken, asked about, taken over, released.
+        ("PlanFunctionRole", "PutObject"),
+        ("PlanFunctionRole", "DescribeExecution"),
+        ("CommitFunctionRole", "DeleteObject"),
     ):
         assert expected in operations, f"the runs never made {expected}: the check would be vacuous"
 

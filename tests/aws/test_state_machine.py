@@ -14,8 +14,12 @@ import importlib.util
 import inspect
 import json
 import textwrap
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,9 +34,11 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
     state_task_service_callback,
 )
 
-from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
+from cdc_pipeline.aws.s3 import S3LeaseStore, S3StateStore, S3Storage
+from cdc_pipeline.lease import AWS_TTL_MARGIN_S, Lease
 from cdc_pipeline.packs import PACK_MAX_TABLES
 from cdc_pipeline.plan import WorkItem
+from cdc_pipeline.state import StateDocument
 
 from .conftest import BUCKET, OUTPUT_DATABASE, REGION, SOURCE_DATABASE
 from .fakes import (
@@ -59,6 +65,7 @@ SUBSTITUTIONS = {
     "StateBucketName": BUCKET,
     "MapResultsPrefix": "state/map-results",
     "MaxConcurrency": 20,
+    "RunTimeoutSeconds": 86400,
 }
 
 
@@ -325,3 +332,159 @@ def test_a_plan_of_a_thousand_tables_goes_through_the_distributed_map(pipeline) 
     assert plan["item_count"] == 1000 // PACK_MAX_TABLES
     # The items went to the Map through S3, never through the execution's payload.
     assert len(json.dumps(plan)) < 1_000
+
+
+# ---------------------------------------------------------------- the run lease
+
+
+def _lease(pipeline: Pipeline) -> Lease | None:
+    return S3LeaseStore(f"s3://{BUCKET}/state", client=pipeline.s3).read()[0]
+
+
+def _plant_lease(pipeline: Pipeline, run_id: str, owner: str, ttl_s: float = 3600) -> None:
+    """A lease as another run would have left it."""
+    store = S3LeaseStore(f"s3://{BUCKET}/state", client=pipeline.s3)
+    _, version = store.read()
+    lease = Lease.new(run_id, owner, datetime.now(UTC), ttl_s)
+    if version is None:
+        store.create(lease)
+    else:
+        store.replace(lease, version)
+
+
+def _start(pipeline: Pipeline, run_input: dict[str, Any]) -> str:
+    started = pipeline.sfn.start_execution(
+        stateMachineArn=pipeline.state_machine_arn,
+        name=f"test-{uuid.uuid4().hex}",
+        input=json.dumps(run_input),
+    )
+    return str(started["executionArn"])
+
+
+def _wait(pipeline: Pipeline, execution_arn: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        execution = pipeline.sfn.describe_execution(executionArn=execution_arn)
+        if execution["status"] != "RUNNING":
+            return dict(execution)
+        time.sleep(0.1)
+    raise AssertionError(f"execution {execution_arn} still running after {timeout_s} s")
+
+
+def test_a_run_holds_the_lease_for_its_execution_and_gives_it_back_once_committed(pipeline) -> None:
+    pipeline.land(["customers"])
+    seen: list[Lease | None] = []
+
+    def outcome(item: WorkItem, attempt: int) -> str:
+        seen.append(_lease(pipeline))
+        return "SUCCEEDED"
+
+    pipeline.outcome = outcome
+
+    execution = pipeline.run({})
+
+    assert execution["status"] == "SUCCEEDED", execution
+    held = seen[0]
+    assert held is not None
+    assert held.owner == execution["executionArn"]
+    assert held.run_id == pipeline.state.read()[0].run_id
+    # The execution's timeout plus the margin for a Commit Lambda outliving it.
+    lasts = datetime.fromisoformat(held.expires_at) - datetime.fromisoformat(held.started_at)
+    assert lasts.total_seconds() == SUBSTITUTIONS["RunTimeoutSeconds"] + AWS_TTL_MARGIN_S
+    assert _lease(pipeline) is None
+
+
+def test_an_execution_started_during_a_run_fails_at_once_with_run_in_progress_and_no_glue_run(
+    pipeline,
+) -> None:
+    pipeline.land(["customers", "orders"])
+    ingesting, finish = threading.Event(), threading.Event()
+    ingested_runs: list[str] = []
+
+    def outcome(item: WorkItem, attempt: int) -> str:
+        ingested_runs.append(item.run_id)
+        ingesting.set()
+        assert finish.wait(60), "the test never let the first run finish"
+        return "SUCCEEDED"
+
+    pipeline.outcome = outcome
+    first = _start(pipeline, {"load_type": "full"})
+    assert ingesting.wait(60), "the first run never reached its Glue run"
+
+    second = pipeline.run({"load_type": "incremental"})
+
+    finish.set()
+    assert second["status"] == "FAILED"
+    assert second["error"] == "RunInProgress"
+    first_run = _lease_run_id_of(pipeline, first)
+    assert second["cause"].startswith(f"run {first_run} has been in progress since ")
+    assert f"(owner {first}; its lease expires at " in second["cause"]
+    assert "this execution started no Glue run" in second["cause"]
+    assert _wait(pipeline, first)["status"] == "SUCCEEDED"
+    assert set(ingested_runs) == {first_run}  # the refused run never reached Glue
+    assert pipeline.state.read()[0].run_id == first_run
+    # The lease was given back: the schedule's next run goes ahead.
+    land_files(pipeline.s3, BUCKET, ["customers"], "CDC-2.parquet")
+    assert pipeline.run({})["status"] == "SUCCEEDED"
+
+
+def _lease_run_id_of(pipeline: Pipeline, execution_arn: str) -> str:
+    lease = _lease(pipeline)
+    assert lease is not None
+    assert lease.owner == execution_arn
+    return lease.run_id
+
+
+def test_the_lease_left_by_an_execution_that_ended_without_giving_it_back_is_taken_over(pipeline) -> None:
+    pipeline.land(["customers"])
+    ended = pipeline.run({})
+    assert ended["status"] == "SUCCEEDED"
+    # As a stopped or timed-out execution leaves it: unexpired, naming an execution no longer running.
+    _plant_lease(pipeline, "20260101T000000Z-deadbeef", ended["executionArn"], ttl_s=86400)
+    land_files(pipeline.s3, BUCKET, ["customers"], "CDC-2.parquet")
+
+    execution = pipeline.run({})
+
+    assert execution["status"] == "SUCCEEDED", execution
+    assert _lease(pipeline) is None
+
+
+def test_a_failed_commit_gives_the_lease_back_and_fails_the_execution_with_its_error(pipeline) -> None:
+    pipeline.land(["customers"])
+
+    def outcome(item: WorkItem, attempt: int) -> str:
+        # Another run commits while this one ingests.
+        state, version = pipeline.state.read()
+        pipeline.state.write(state.with_tables({}, "rival-run", "2026-01-01T00:00:00+00:00"), version)
+        return "SUCCEEDED"
+
+    pipeline.outcome = outcome
+
+    execution = pipeline.run({})
+
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "CommitConflictError"
+    assert "rival-run" in execution["cause"]
+    assert _lease(pipeline) is None
+
+
+def test_a_run_whose_lease_was_taken_over_publishes_nothing_and_keeps_off_the_new_lease(pipeline) -> None:
+    pipeline.land(["customers"])
+    taker = "arn:aws:states:eu-west-1:123456789012:execution:cdc-pipeline:taker"
+
+    def outcome(item: WorkItem, attempt: int) -> str:
+        _plant_lease(pipeline, "20260101T000000Z-0taker0", taker)
+        return "SUCCEEDED"
+
+    pipeline.outcome = outcome
+
+    execution = pipeline.run({})
+
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "LeaseLostError"
+    assert "lost its run lease" in execution["cause"]
+    assert "to run 20260101T000000Z-0taker0" in execution["cause"]
+    assert pipeline.state.read() == (StateDocument(), None)
+    lease = _lease(pipeline)
+    assert lease is not None
+    assert (lease.run_id, lease.owner) == ("20260101T000000Z-0taker0", taker)

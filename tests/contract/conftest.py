@@ -15,7 +15,8 @@ from unittest import mock
 
 import pytest
 
-from cdc_pipeline.aws.s3 import S3RegistrySource, S3StateStore, S3Storage
+from cdc_pipeline.aws.s3 import S3LeaseStore, S3RegistrySource, S3StateStore, S3Storage
+from cdc_pipeline.lease import LeaseStore, LocalLeaseStore
 from cdc_pipeline.registry import LocalRegistrySource, RegistrySource
 from cdc_pipeline.state import HISTORY_DIR, LocalStateStore, StateStore
 from cdc_pipeline.storage import LocalStorage, Storage
@@ -209,3 +210,50 @@ def registry_case(request: pytest.FixtureRequest, tmp_path: Path) -> RegistryCas
     if request.param == "local":
         return _local_registry(tmp_path)
     return _s3_registry(request.getfixturevalue("s3_client"), request.getfixturevalue("bucket"))
+
+
+# ----------------------------------------------------------------------------------------------
+# LeaseStore
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LeaseStoreCase:
+    """A lease store (a fresh instance each ``make``) and raw access to the lease it keeps."""
+
+    make: Callable[[], LeaseStore]
+    location: str  # how the store names the lease in messages
+    put_raw: Callable[[bytes], None]
+    get_raw: Callable[[], bytes | None]
+
+
+def _local_lease_store(directory: Path) -> LeaseStoreCase:
+    store = LocalLeaseStore(directory)
+
+    def put_raw(content: bytes) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        store.path.write_bytes(content)
+
+    return LeaseStoreCase(
+        make=lambda: LocalLeaseStore(directory),
+        location=store.location,
+        put_raw=put_raw,
+        get_raw=lambda: store.path.read_bytes() if store.path.exists() else None,
+    )
+
+
+def _s3_lease_store(client: Any, bucket: str) -> LeaseStoreCase:
+    store = S3LeaseStore(f"s3://{bucket}/cdc", client=client)
+    return LeaseStoreCase(
+        make=lambda: S3LeaseStore(f"s3://{bucket}/cdc", client=client),
+        location=store.location,
+        put_raw=lambda content: client.put_object(Bucket=bucket, Key=store.key, Body=content),
+        get_raw=lambda: _s3_objects(client, bucket, store.key).get(""),
+    )
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def lease_store_case(request: pytest.FixtureRequest, tmp_path: Path) -> LeaseStoreCase:
+    if request.param == "local":
+        return _local_lease_store(tmp_path / "cdc")
+    return _s3_lease_store(request.getfixturevalue("s3_client"), request.getfixturevalue("bucket"))
