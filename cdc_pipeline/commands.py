@@ -17,6 +17,7 @@ from typing import Any
 
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.errors import ConfigurationError
+from cdc_pipeline.lease import Lease, LeaseStore, LocalLeaseStore, in_progress, local_owner_ended, utc_now
 from cdc_pipeline.operations import (
     DEFAULT_HISTORY_LIMIT,
     DEFAULT_MIN_AGE,
@@ -88,20 +89,43 @@ class _Ports:
     store: RevisionHistory
     storage: Storage
     cdc_path: str  # as the runs spell it: an absolute local path, or the s3:// URI
+    leases: LeaseStore
+
+    def running(self) -> Lease | None:
+        """The lease of a run in progress on this state, if one is: unexpired, and (locally) its
+        process alive."""
+        lease, _ = self.leases.read()
+        if lease is None or lease.expired(utc_now()):
+            return None
+        if not self.cdc_path.startswith(S3) and local_owner_ended(lease):
+            return None
+        return lease
+
+    def refuse_while_running(self) -> None:
+        """RunInProgressError (exit 75) while a run holds the lease: its commit would be refused
+        by the change anyway, and the operator should decide after it ends."""
+        lease = self.running()
+        if lease is not None:
+            raise in_progress(lease, "run this command again when it has ended")
 
 
 def _ports(state: str) -> _Ports:
     if state.startswith(S3):
         from cdc_pipeline.aws.clients import aws_client
-        from cdc_pipeline.aws.s3 import S3StateStore, S3Storage
+        from cdc_pipeline.aws.s3 import S3LeaseStore, S3StateStore, S3Storage
 
         client = aws_client("s3", threads=IO_THREADS)
-        return _Ports(S3StateStore(state, client=client), S3Storage(client=client), state.rstrip("/"))
+        return _Ports(
+            S3StateStore(state, client=client),
+            S3Storage(client=client),
+            state.rstrip("/"),
+            S3LeaseStore(state, client=client),
+        )
     path = Path(state)
     if not path.is_dir():
         raise ConfigurationError(f"state directory {state} does not exist; pass the --state of your runs")
     # Runs record absolute locations (runner.run_local): so are these.
-    return _Ports(LocalStateStore(path), LocalStorage(), str(path.resolve()))
+    return _Ports(LocalStateStore(path), LocalStorage(), str(path.resolve()), LocalLeaseStore(path))
 
 
 def _output_path(output: str, state: str) -> str:
@@ -131,7 +155,9 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    document = reset_tables(_ports(args.state).store, args.table)
+    ports = _ports(args.state)
+    ports.refuse_while_running()
+    document = reset_tables(ports.store, args.table)
     names = ", ".join(dict.fromkeys(args.table))
     print(
         f"reset {names}: committed state revision {document.revision} (run id {document.run_id}). The "
@@ -142,6 +168,7 @@ def _reset(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     ports = _ports(args.state)
+    ports.refuse_while_running()
     done = rollback_table(ports.store, ports.storage, args.table, to_run_id=args.to_run_id)
     print(
         f"table {done.table!r} rolled back to the snapshot of run {done.restored.run_id} "
@@ -160,7 +187,15 @@ def _vacuum(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--min-age: {str(exc).replace('lookback', 'duration')}") from exc
     ports = _ports(args.state)
     layout = Layout(output_path=_output_path(args.output, args.state), cdc_path=ports.cdc_path)
-    result = vacuum(ports.store, ports.storage, layout, min_age=min_age, apply=args.apply)
+    running = ports.running()
+    result = vacuum(
+        ports.store,
+        ports.storage,
+        layout,
+        min_age=min_age,
+        apply=args.apply,
+        running=running.run_id if running else None,
+    )
     if args.json:
         print(json.dumps(result.to_json()))
     else:

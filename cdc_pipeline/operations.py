@@ -514,6 +514,7 @@ def vacuum(
     min_age: timedelta,
     apply: bool = False,
     now: datetime | None = None,
+    running: str | None = None,
 ) -> Vacuum:
     """Find (and with ``apply`` delete) the folders under ``layout.output_path`` that no committed
     tracker references, of runs that are over.
@@ -551,6 +552,8 @@ def vacuum(
     finished: dict[str, bool] = {}
 
     def over(run_id: str) -> bool:
+        if run_id == running:
+            return False
         if run_id not in finished:
             started = run_started(run_id)
             old = started is not None and started <= deadline

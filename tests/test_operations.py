@@ -18,6 +18,7 @@ import pytest
 
 from cdc_pipeline.cli import main
 from cdc_pipeline.errors import CommitConflictError, ConfigurationError
+from cdc_pipeline.lease import LocalLeaseStore, acquire, local_owner
 from cdc_pipeline.operations import (
     CURSOR_SETTLED,
     FAILED,
@@ -592,3 +593,23 @@ def test_the_cli_commands_exit_2_on_usage_errors_naming_the_problem(lake, capsys
     assert main(["history", "--state", str(Path(state) / "missing")]) == 2
     assert main(["vacuum", "--state", state, "--output", lake.layout.output_path, "--min-age", "soon"]) == 2
     assert "--min-age" in capsys.readouterr().err
+
+
+def test_operators_wait_for_a_run_holding_the_lease_and_vacuum_spares_its_folders(lake, capsys):
+    three_runs(lake)
+    folders = crashed_and_failed_runs(lake)
+    state = lake.layout.cdc_path
+    # A run in progress for three days, its lease renewed: its folders are not orphans, however old.
+    running = "20240501T080000Z-dead0001"
+    acquire(LocalLeaseStore(state), running, local_owner(), 600.0)
+    reset_before, _ = lake.store.read()
+
+    assert main(["reset", "--state", state, "--table", "orders"]) == 75
+    assert f"run {running} has been in progress" in capsys.readouterr().err
+    assert main(["rollback", "--state", state, "--table", "orders"]) == 75
+    assert lake.store.read()[0] == reset_before
+    assert main(["vacuum", "--state", state, "--output", lake.layout.output_path, "--apply"]) == 0
+
+    assert lake.storage.file_sizes(folders["crashed snapshot"])
+    assert lake.storage.file_sizes(folders["crashed quarantine"])
+    assert not lake.storage.file_sizes(folders["failed snapshot"])
