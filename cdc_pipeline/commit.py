@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cdc_pipeline.errors import CommitConflictError, ConfigurationError
+from cdc_pipeline.errors import CommitConflictError, ConfigurationError, NewerFormatError
 from cdc_pipeline.manifest import FAILED, SUCCEEDED, Manifest
 from cdc_pipeline.packs import DEFAULT_GLUE_DPU, estimate_dpu_minutes
 from cdc_pipeline.plan import Plan, WorkItem
@@ -254,6 +254,8 @@ def _manifest_for(
         if _is_failure_record(data, item):
             return None, data["message"]
         manifest = Manifest.from_json(data)
+    except NewerFormatError as exc:
+        return None, str(exc)
     except (ValueError, TypeError) as exc:
         return None, f"manifest {item.manifest_location} is unreadable ({exc}); the table is not published"
     if (manifest.run_id, manifest.table) != (item.run_id, item.table) or manifest.status != SUCCEEDED:

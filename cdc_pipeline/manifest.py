@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cdc_pipeline.errors import NewerFormatError
+
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+# 1: the first numbered format; manifests written before numbering (no format_version) read as 1.
+MANIFEST_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,20 @@ class Manifest:
     bytes_written: int | None = None  # the snapshot's size on storage
     partition_by: list[str] = field(default_factory=list)
     partitions: dict[str, dict[str, Any]] | None = None  # the new snapshot's (state.TableState)
+    format_version: int = MANIFEST_FORMAT
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """The manifest ``data`` holds; NewerFormatError when a newer ingest wrote it."""
+        NewerFormatError.check(
+            f"the manifest of run {data.get('run_id')!r} table {data.get('table')!r}",
+            data.get("format_version", MANIFEST_FORMAT),
+            MANIFEST_FORMAT,
+            "upgrade the Commit's cdc-pipeline: deploy one version of the ingest and the Commit",
+        )
         return cls(**data)
 
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdc_pipeline.errors import ConfigurationError
-from cdc_pipeline.plan import WorkItem
+from cdc_pipeline.errors import ConfigurationError, NewerFormatError
+from cdc_pipeline.plan import UPGRADE_INGEST, WorkItem
 
 MIB = 1024 * 1024
 DEFAULT_PACK_BYTES = 512 * MIB
@@ -101,6 +101,9 @@ class Pack:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pack:
+        NewerFormatError.check(
+            f"pack {data.get('pack')!r}", data.get("format_version"), PACK_FORMAT, UPGRADE_INGEST
+        )
         if data.get("format_version") != PACK_FORMAT:
             raise ConfigurationError(
                 f"pack {data.get('pack')!r} has format {data.get('format_version')!r}; this cdc-pipeline "

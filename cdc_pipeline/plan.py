@@ -18,7 +18,7 @@ from typing import Any
 
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, FileCursor, settle_micros
 from cdc_pipeline.catalog import Catalog, CatalogTable, table_name_pages
-from cdc_pipeline.errors import ConfigurationError, TableError
+from cdc_pipeline.errors import ConfigurationError, NewerFormatError, TableError
 from cdc_pipeline.registry import IncrementalBy, Registry, TableSettings
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, normalise_type, resolve
 from cdc_pipeline.state import StateDocument, TableState
@@ -36,6 +36,9 @@ WORK_ITEM_FORMAT = 3
 # from the item and pack files. Both are read; a newer format is refused (Plan.from_json).
 PLAN_FORMAT = 2
 PER_FILE_FIELDS = ("files", "next_cursor")
+UPGRADE_INGEST = (
+    "upgrade the ingest's cdc-pipeline: deploy one version of the Plan and the ingest, start a new run"
+)
 PLAN_THREADS = 16  # tables listed and described at once (S3 and Glue calls)
 
 
@@ -143,9 +146,11 @@ class WorkItem:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkItem:
         version = data.get("format_version") if isinstance(data, dict) else None
+        table = data.get("table") if isinstance(data, dict) else None
+        NewerFormatError.check(f"the work item of table {table!r}", version, WORK_ITEM_FORMAT, UPGRADE_INGEST)
         if version != WORK_ITEM_FORMAT:
             raise ConfigurationError(
-                f"work item of table {data.get('table') if isinstance(data, dict) else None!r} has format "
+                f"work item of table {table!r} has format "
                 f"{version!r}; this cdc-pipeline reads format {WORK_ITEM_FORMAT}. The Plan and the ingest "
                 "come from different versions: deploy one version of both and start a new run"
             )
@@ -214,8 +219,14 @@ class Plan:
         # Format 1 (no format_version) held whole items: reading them without their file lists
         # gives what a format 2 plan gives. A later format may mean anything: refused.
         version = data.get("format_version", 1) if isinstance(data, dict) else None
+        run_id = data.get("run_id") if isinstance(data, dict) else None
+        NewerFormatError.check(
+            f"the plan of run {run_id!r}",
+            version,
+            PLAN_FORMAT,
+            "upgrade the Commit's cdc-pipeline: deploy one version of the Plan and the Commit",
+        )
         if version not in (1, PLAN_FORMAT):
-            run_id = data.get("run_id") if isinstance(data, dict) else None
             raise ConfigurationError(
                 f"the plan of run {run_id!r} has format {version!r}; this cdc-pipeline reads plan formats 1 "
                 f"and {PLAN_FORMAT}. The Plan and the Commit come from different versions: deploy one "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cdc_pipeline.arrivals import FileCursor
-from cdc_pipeline.errors import CommitConflictError, StateCorruptError
+from cdc_pipeline.errors import CommitConflictError, NewerFormatError, StateCorruptError
 from cdc_pipeline.watermark import Watermark
 
 # 2 added the file cursor, the read mode, the epoch unit and the tombstones of each table; 3 the
@@ -148,6 +148,8 @@ class StateDocument:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str) -> StateDocument:
         try:
+            # A newer version's document is not corrupt: restoring or deleting it would roll back runs.
+            NewerFormatError.check(f"state document {source}", data.get("format_version"), FORMAT_VERSION)
             if data.get("format_version") not in READABLE_FORMATS:
                 raise ValueError(
                     f"format_version {data.get('format_version')!r}, expected one of "

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_pipeline.errors import ConfigurationError
+from cdc_pipeline.errors import ConfigurationError, NewerFormatError
 from cdc_pipeline.packs import (
     BILLED_MINIMUM_S,
     MIB,
@@ -121,9 +121,13 @@ def test_a_pack_file_round_trips_and_a_newer_format_is_refused_as_such() -> None
     assert not Pack.is_pack(item("a", 1).to_json())
     assert Pack.from_json(data) == packed
     with pytest.raises(
-        ConfigurationError, match="pack 'pack-0001' has format 2; this cdc-pipeline reads format 1"
+        NewerFormatError, match=r"pack 'pack-0001' was written by a newer cdc-pipeline \(format 2; this one"
     ):
         Pack.from_json({**data, "format_version": 2})
+    with pytest.raises(
+        ConfigurationError, match="pack 'pack-0001' has format 0; this cdc-pipeline reads format 1"
+    ):
+        Pack.from_json({**data, "format_version": 0})
 
 
 def test_the_estimate_bills_each_run_at_least_a_minute_and_packs_share_their_start() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from cdc_pipeline.arrivals import DataFile, FileCursor, FileListing
 from cdc_pipeline.catalog import CatalogTable, Column
-from cdc_pipeline.errors import ConfigurationError, TableError
+from cdc_pipeline.errors import ConfigurationError, NewerFormatError, TableError
 from cdc_pipeline.packs import Pack
 from cdc_pipeline.plan import PLAN_FORMAT, Layout, LoadType, Plan, WorkItem, plan_run
 from cdc_pipeline.registry import LocalRegistrySource, parse_registry
@@ -392,14 +392,22 @@ def test_a_plan_written_before_plan_formats_holding_whole_items_is_read_as_one_o
     assert Plan.from_json(format_1) == Plan.from_json(plan.to_json())
 
 
-@pytest.mark.parametrize(
-    "document", [{"format_version": PLAN_FORMAT + 1, "run_id": "r9"}, ["not", "a", "plan"]]
-)
-def test_a_plan_of_a_newer_or_unknown_format_is_refused_naming_the_fix(document) -> None:
+@pytest.mark.parametrize("document", [{"format_version": 0, "run_id": "r9"}, ["not", "a", "plan"]])
+def test_a_plan_of_an_unknown_format_is_refused_naming_the_fix(document) -> None:
     with pytest.raises(ConfigurationError, match="deploy one version of both") as refused:
         Plan.from_json(document)
 
     assert "plan formats 1 and 2" in str(refused.value)
+
+
+def test_a_plan_of_a_newer_format_is_refused_as_written_by_a_newer_version() -> None:
+    with pytest.raises(NewerFormatError, match="deploy one version of the Plan and the Commit") as refused:
+        Plan.from_json({"format_version": PLAN_FORMAT + 1, "run_id": "r9"})
+
+    assert (
+        "plan of run 'r9' was written by a newer cdc-pipeline (format 3; this one reads up to format 2)"
+        in str(refused.value)
+    )
 
 
 def test_watermark_column_that_is_a_partition_folder_key_fails_the_table_with_the_fix() -> None:

@@ -401,7 +401,9 @@ CORRUPT_DOCUMENTS = {
     "not-utf8": b"\x80\x81\x82",
     "json-array": json.dumps([VALID]).encode(),
     "json-string": json.dumps("state").encode(),
-    "wrong-format-version": json.dumps({**VALID, "format_version": 99}).encode(),
+    # A newer format is no corruption (test_formats.py); an unknown older one or a non-number is.
+    "unknown-format-version": json.dumps({**VALID, "format_version": 0}).encode(),
+    "format-version-not-a-number": json.dumps({**VALID, "format_version": "3"}).encode(),
     "no-format-version": json.dumps({k: v for k, v in VALID.items() if k != "format_version"}).encode(),
     "missing-tables": json.dumps({k: v for k, v in VALID.items() if k != "tables"}).encode(),
     "missing-revision": json.dumps({k: v for k, v in VALID.items() if k != "revision"}).encode(),

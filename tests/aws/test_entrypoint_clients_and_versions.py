@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdc_pipeline.aws.clients import GLUE_JOB_S3_THREADS, POOL_HEADROOM
-from cdc_pipeline.errors import ConfigurationError
+from cdc_pipeline.errors import ConfigurationError, NewerFormatError
 from cdc_pipeline.glue_job import parse_work_items, storage_for
 from cdc_pipeline.plan import WORK_ITEM_FORMAT
 
@@ -44,7 +44,7 @@ def test_every_client_an_entrypoint_uses_comes_from_the_sized_client_factory(ent
             assert given & CLIENT_ARGUMENTS, f"{where}: {name} would make a default client: pass client="
 
 
-@pytest.mark.parametrize("version", [WORK_ITEM_FORMAT - 1, WORK_ITEM_FORMAT + 1, None])
+@pytest.mark.parametrize("version", [WORK_ITEM_FORMAT - 1, None])
 def test_a_glue_job_given_a_work_item_of_another_format_fails_that_table_saying_so(
     version: int | None,
 ) -> None:
@@ -57,3 +57,14 @@ def test_a_glue_job_given_a_work_item_of_another_format_fails_that_table_saying_
     assert "'orders'" in message
     assert f"format {version!r}; this cdc-pipeline reads format {WORK_ITEM_FORMAT}" in message
     assert "deploy one version of both" in message
+
+
+def test_a_glue_job_given_a_work_item_of_a_newer_format_says_a_newer_version_wrote_it() -> None:
+    item = {"table": "orders", "run_id": "r1", "format_version": WORK_ITEM_FORMAT + 1}
+
+    with pytest.raises(NewerFormatError) as raised:
+        parse_work_items(["--work_item", json.dumps(item), "--JOB_RUN_ID", "jr_1"])
+
+    message = str(raised.value)
+    assert f"'orders' was written by a newer cdc-pipeline (format {WORK_ITEM_FORMAT + 1};" in message
+    assert "deploy one version of the Plan and the ingest" in message

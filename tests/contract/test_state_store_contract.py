@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cdc_pipeline.errors import CommitConflictError, StateCorruptError
+from cdc_pipeline.errors import CommitConflictError, NewerFormatError, StateCorruptError
 from cdc_pipeline.state import HISTORY_DIR, Revision, StateDocument, TableState
 from tests.contract.conftest import StateStoreCase
 
@@ -172,7 +172,7 @@ CORRUPT_DOCUMENTS = {
     "invalid-json": b'{"format_version": 1, "revision": 3, "tables": {',
     "not-utf8": b"\x80\x81\x82",
     "json-array": json.dumps([VALID]).encode(),
-    "wrong-format-version": json.dumps({**VALID, "format_version": 99}).encode(),
+    "unknown-format-version": json.dumps({**VALID, "format_version": 0}).encode(),
     "missing-tables": json.dumps({k: v for k, v in VALID.items() if k != "tables"}).encode(),
     "tracker-missing-keys": json.dumps({**VALID, "tables": {"orders": {"watermark": "x"}}}).encode(),
 }
@@ -197,5 +197,19 @@ def test_a_writer_never_replaces_a_corrupt_document(state_store_case, content):
     with pytest.raises(StateCorruptError):
         state_store_case.make().write(_next_document(StateDocument(), "run-1"), expected_version=None)
 
+    assert state_store_case.get_raw() == content
+    assert state_store_case.history() == {}
+
+
+def test_a_document_of_a_newer_format_is_refused_as_newer_and_never_replaced(state_store_case):
+    content = json.dumps({**VALID, "format_version": 99}).encode()
+    state_store_case.put_raw(content)
+
+    with pytest.raises(NewerFormatError, match=r"written by a newer cdc-pipeline \(format 99;") as refused:
+        state_store_case.make().read()
+    with pytest.raises(NewerFormatError):
+        state_store_case.make().write(_next_document(StateDocument(), "run-1"), expected_version=None)
+
+    assert "corrupt" not in str(refused.value)
     assert state_store_case.get_raw() == content
     assert state_store_case.history() == {}
