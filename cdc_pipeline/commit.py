@@ -254,10 +254,10 @@ def _manifest_for(
         if _is_failure_record(data, item):
             return None, data["message"]
         manifest = Manifest.from_json(data)
-    except NewerFormatError as exc:
-        return None, str(exc)
-    except (ValueError, TypeError) as exc:
-        return None, f"manifest {item.manifest_location} is unreadable ({exc}); the table is not published"
+    except (ValueError, TypeError, NewerFormatError) as exc:
+        # A newer ingest's manifest is not unreadable: the message says which version to deploy.
+        unreadable = f"manifest {item.manifest_location} is unreadable ({exc}); the table is not published"
+        return None, str(exc) if isinstance(exc, NewerFormatError) else unreadable
     if (manifest.run_id, manifest.table) != (item.run_id, item.table) or manifest.status != SUCCEEDED:
         return None, (
             f"manifest {item.manifest_location} is for run {manifest.run_id!r} table {manifest.table!r} "

@@ -97,12 +97,14 @@ class RunInterrupted(BaseException):
     """SIGINT or SIGTERM stopped the run (CLI exit code 128 + the signal's number).
 
     A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way takes it
-    for a failure of the step it interrupted.
+    for a failure of the step it interrupted. ``report`` is the stopped run's report (JSON), once
+    the runner has written it.
     """
 
-    def __init__(self, signum: int, message: str | None = None) -> None:
+    def __init__(self, signum: int, message: str | None = None, report: dict[str, Any] | None = None) -> None:
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
+        self.report = report
         super().__init__(message or f"interrupted by {self.signal_name}")
 
 

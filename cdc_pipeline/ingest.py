@@ -20,19 +20,19 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from py4j.protocol import Py4JJavaError
+from py4j.protocol import Py4JError, Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cdc_pipeline import partitions
-from cdc_pipeline.errors import TableError
+from cdc_pipeline.errors import TableError, cause_messages, root_cause
 from cdc_pipeline.manifest import SUCCEEDED, Manifest, failure_record
 from cdc_pipeline.packs import work_bytes
 from cdc_pipeline.plan import LoadType, Mode, WorkItem
@@ -82,7 +82,7 @@ def ingest_table(
     try:
         manifest = _ingest(spark, item, storage, strategy=strategy, started_at=started_at, start=start)
     except (Py4JJavaError, PySparkException) as exc:
-        raise TableError(item.table, f"Spark failed reading or writing it: {_first_line(exc)}") from exc
+        raise TableError(item.table, _spark_failure(exc)) from exc
     storage.write_json(item.manifest_location, manifest.to_json())
     logger.info(
         "table %s ingested: %d file(s), %d rows read, %d written, watermark %s -> %s",
@@ -140,27 +140,49 @@ def ingest_items(
 
     with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="ingest") as pool:
         futures = {pool.submit(one, item): item for item in items}
-        for future in as_completed(futures):
-            item = futures[future]
-            try:
-                manifest = future.result()
-            except TableError as exc:
-                logger.warning("%s", exc, exc_info=exc)  # the cause's trace, for the run's log only
-                failures[item.table] = str(exc)
-            except Exception as exc:
-                logger.exception("table %s failed unexpectedly", item.table)
-                failures[item.table] = f"unexpected {type(exc).__name__}: {exc}"
-            else:
-                manifests[item.table] = manifest
+        try:
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    manifest = future.result()
+                except TableError as exc:
+                    logger.warning("%s", exc, exc_info=exc)  # the cause's trace, for the run's log only
+                    failures[item.table] = str(exc)
+                except Exception as exc:
+                    logger.exception("table %s failed unexpectedly", item.table)
+                    failures[item.table] = f"unexpected {type(exc).__name__}: {root_cause(exc)}"
+                else:
+                    manifests[item.table] = manifest
+                    if done:
+                        done(item, manifest, None)
+                    continue
+                storage.write_json(
+                    item.manifest_location, failure_record(item.run_id, item.table, failures[item.table])
+                )
                 if done:
-                    done(item, manifest, None)
-                continue
-            storage.write_json(
-                item.manifest_location, failure_record(item.run_id, item.table, failures[item.table])
-            )
-            if done:
-                done(item, None, failures[item.table])
+                    done(item, None, failures[item.table])
+        except BaseException:
+            _stop(spark, pool, list(futures))
+            raise
     return Ingested(manifests, failures)
+
+
+def _stop(spark: SparkSession, pool: ThreadPoolExecutor, futures: list[Future[Manifest]]) -> None:
+    """The run is being stopped (interrupted): start no other table, and cancel the Spark jobs of
+    those running until their threads have ended, so that nothing writes on behind the caller.
+    Jobs are cancelled again and again: a thread between two jobs starts its next one after a
+    cancel."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    running = {future for future in futures if not future.done()}
+    logger.warning("stopping: %d ingest(s) under way, their Spark jobs cancelled", len(running))
+    start = time.monotonic()
+    while running:
+        try:
+            spark.sparkContext.cancelAllJobs()
+        except Py4JError:
+            logger.warning("could not cancel the Spark jobs of the run being stopped", exc_info=True)
+        _, running = wait(running, timeout=0.5)
+    logger.info("stopped the ingests in %.1fs", time.monotonic() - start)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,7 +563,7 @@ def _read_existing(spark: SparkSession, item: WorkItem, location: str | None, wh
         raise TableError(
             item.table,
             f"its current {what} {location} (from the committed state) cannot be read "
-            f"({_first_line(exc)}); run it with --load-type full to rebuild the snapshot",
+            f"({root_cause(exc)}); run it with --load-type full to rebuild the snapshot",
         ) from exc
 
 
@@ -890,7 +912,18 @@ def schema_columns(df: DataFrame) -> list[dict[str, str]]:
     return [{"name": field.name, "type": field.dataType.simpleString()} for field in df.schema.fields]
 
 
-def _first_line(exc: BaseException) -> str:
-    """The message a person needs: for a Java error, the Java exception, not py4j's call site."""
-    text = str(exc.java_exception.toString()) if isinstance(exc, Py4JJavaError) else str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+# Spark names the file it could not read ("Encountered error while reading file <path>. Details:")
+# in one of the wrappers around the cause.
+_READING_FILE = re.compile(r"while reading file (\S+?)\.?(?:\s|$)")
+
+
+def _spark_failure(exc: BaseException) -> str:
+    """What Spark failed at and why, in one line: the file it could not read, when it names one, and
+    the deepest cause's message. The whole trace goes to the run's log (``ingest_items``)."""
+    messages = cause_messages(exc)
+    cause = messages[-1].splitlines()[0] if messages[-1] else type(exc).__name__
+    for message in messages:
+        match = _READING_FILE.search(message)
+        if match:
+            return f"Spark failed reading file {re.sub(r'^file:(//)?', '', match.group(1))}: {cause}"
+    return f"Spark failed reading or writing it: {cause}"

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdc_pipeline.errors import ConfigurationError, JavaNotFoundError
@@ -39,6 +44,14 @@ LOCAL_CONF = {
     "spark.hadoop.parquet.enable.summary-metadata": "false",
     "spark.driver.memory": "4g",
 }
+# Spark's console output, off unless asked for (--verbose): its progress bars and its log4j lines,
+# Java traces included, would bury the run's progress and report. The log4j configuration must be
+# given to the JVM as it starts: setLogLevel comes too late for the start-up lines.
+QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
+QUIET_CONF = {
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}",
+}
 
 
 def ensure_java() -> None:
@@ -52,8 +65,13 @@ def ensure_java() -> None:
         )
 
 
-def local_session() -> SparkSession:
-    """A ``local[*]`` session for the local runner and the tests; reuses an active session."""
+def local_session(verbose: bool = False) -> SparkSession:
+    """A ``local[*]`` session for the local runner and the tests; reuses an active session.
+
+    Spark prints nothing on the console unless ``verbose`` (which takes effect when this call starts
+    the session). Starting it leaves the process's SIGINT handler as it was: SparkContext would put
+    its own in place, which raises KeyboardInterrupt wherever the main thread is.
+    """
     ensure_java()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.errors import PySparkRuntimeError
@@ -64,16 +82,30 @@ def local_session() -> SparkSession:
         configure(active)
         return active
     builder = SparkSession.builder.master("local[*]").appName("cdc-pipeline")
-    for key, value in {**LOCAL_CONF, **REQUIRED_CONF}.items():
+    for key, value in {**LOCAL_CONF, **({} if verbose else QUIET_CONF), **REQUIRED_CONF}.items():
         builder = builder.config(key, value)
     try:
-        session = builder.getOrCreate()
+        with _sigint_handler_kept():
+            session = builder.getOrCreate()
     except PySparkRuntimeError as exc:
         raise ConfigurationError(
             f"Spark could not start ({exc}); check that Java 17 runs: `java -version`"
         ) from exc
-    session.sparkContext.setLogLevel("ERROR")
+    session.sparkContext.setLogLevel("WARN" if verbose else "OFF")
     return session
+
+
+@contextmanager
+def _sigint_handler_kept() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread sets handlers, SparkContext's included
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def configure(session: SparkSession) -> None:

@@ -304,7 +304,11 @@ def _atomic_write(path: Path, payload: bytes, run_id: str, *, create_only: bool 
         finally:
             temporary.unlink()
     else:
-        os.replace(temporary, path)
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a refused write leaves nothing behind
+            raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
