@@ -271,8 +271,8 @@ def _run(args: argparse.Namespace) -> int:
         # The signal came while the commit was being written: the commit finished first.
         code = EXIT_SIGNAL_BASE + interrupts.received
         message = (
-            f"interrupted by {signal.Signals(interrupts.received).name} after the commit: run "
-            f"{report.run_id} committed state revision {report.revision}; nothing to undo"
+            f"interrupted by {signal.Signals(interrupts.received).name} after the commit finished: run "
+            f"{report.run_id}, state revision {report.revision}; nothing to undo"
         )
     if args.json:
         outcome = "interrupted" if message else "failed" if report.failed else "ok"

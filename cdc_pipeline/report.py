@@ -28,7 +28,7 @@ def render_report(report: CommitReport) -> str:
     notes += [("(run)", w) for w in report.warnings]
     if notes:
         lines += ["", "warnings and errors:"]
-        lines += [f"  {table}: {message}" for table, message in notes]
+        lines += [f"  {table}: {_one_line(message)}" for table, message in notes]
     failed = len(report.failed)
     unchanged = sum(1 for o in report.outcomes if o.status == "unchanged")
     lines += [
@@ -44,6 +44,12 @@ def render_report(report: CommitReport) -> str:
             f"runs, {estimate['dpu_minutes_unpacked']:g} DPU-minutes)"
         )
     return "\n".join(lines)
+
+
+def _one_line(message: str) -> str:
+    """A message as one line of the report: a longer one (a trace) is whole in the run's report.json."""
+    lines = message.strip().splitlines() or [""]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (cut: the whole message is in report.json)"
 
 
 def render_status(document: StateDocument) -> str:

@@ -379,8 +379,10 @@ class _LocalRun:
             say(item.table, f"started ({item.load_type}, {item.mode})")
 
         if self.spark is None:
+            from pyspark.sql import SparkSession
+
+            self.own_session = SparkSession.getActiveSession() is None
             self.spark = local_session(verbose=self.verbose)
-            self.own_session = True
         return ingest_items(
             self.spark,
             plan.items,
