@@ -59,7 +59,8 @@ EXIT_SIGNAL_BASE = 128  # + the signal's number: 130 for SIGINT, 143 for SIGTERM
 OUTCOMES = ("ok", "failed", "commit_refused", "config_error", "run_in_progress", "interrupted", "error")
 
 # The failures a command may end with, each printed as one line: the first class that matches
-# gives the outcome, the line's prefix and the exit code. (Interrupts and unexpected errors are
+# gives the outcome, the line's prefix and the exit code. A failure with an outcome or code of its
+# own is one more row, above the class it specialises. (Interrupts and unexpected errors are
 # handled in _dispatch: their exit code and message are their own.)
 FAILURES: list[tuple[type[PipelineError], str, str, int]] = [
     (RunInProgressError, "run_in_progress", "error: ", EXIT_RUN_IN_PROGRESS),

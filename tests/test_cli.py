@@ -541,3 +541,28 @@ def test_a_spark_failure_prints_its_root_cause_and_no_java_trace_and_run_log_hol
     log = (run_folder / "run.log").read_text()
     assert "Spark failed reading file" in log
     assert "\tat org.apache." in log  # the Java trace
+
+
+@pytest.mark.spark
+def test_an_unexpected_error_after_the_commit_says_the_run_committed_and_keeps_what_it_published(
+    lake, capsys, monkeypatch, spark
+) -> None:
+    commit_stage = runner.commit_stage
+
+    def failing_after_the_commit(**kwargs):
+        commit_stage(**kwargs)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(runner, "commit_stage", failing_after_the_commit)
+
+    assert lake.run() == 1
+
+    err = capsys.readouterr().err
+    (run_folder,) = lake.run_folders()
+    assert_one_line_error(
+        err, "error: unexpected OSError", f"(after run {run_folder.name} committed revision 1)", "run.log"
+    )
+    assert main(["status", "--state", str(lake.root / "state"), "--json"]) == 0
+    tracker = json.loads(capsys.readouterr().out)["tables"]["people"]
+    assert tracker["run_id"] == run_folder.name
+    assert pq.read_table(tracker["location"]).num_rows == 1
