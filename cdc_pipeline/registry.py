@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from cdc_pipeline.arrivals import is_hidden
 from cdc_pipeline.errors import RegistryError
 from cdc_pipeline.watermark import parse_lookback
 
@@ -107,6 +108,12 @@ class RegistrySource(Protocol):
         ...
 
 
+def is_registry_file(name: str) -> bool:
+    """A ``.csv`` file name that is not hidden: names starting with ``.`` (editor locks, macOS's
+    ``._`` resource forks) or ``_`` (Spark's and Hive's markers) are never read as the registry."""
+    return name.lower().endswith(".csv") and not is_hidden(name)
+
+
 class LocalRegistrySource:
     """Registry CSV files in a local directory; the newest by modification time wins."""
 
@@ -119,13 +126,11 @@ class LocalRegistrySource:
                 f"registry directory {self.directory} does not exist; create it and add a CSV file "
                 "with the header table_name,primary_key (see docs/registry.md)"
             )
-        files = [
-            path for path in self.directory.iterdir() if path.suffix.lower() == ".csv" and path.is_file()
-        ]
+        files = [path for path in self.directory.iterdir() if is_registry_file(path.name) and path.is_file()]
         if not files:
             raise RegistryError(
-                f"registry directory {self.directory} holds no .csv file; add one with the header "
-                "table_name,primary_key (see docs/registry.md)"
+                f"registry directory {self.directory} holds no .csv file (names starting with . or _ are "
+                "hidden); add one with the header table_name,primary_key (see docs/registry.md)"
             )
         newest = max(files, key=lambda path: (path.stat().st_mtime_ns, path.name))
         try:
@@ -154,6 +159,7 @@ def parse_registry(text: str, source: str) -> Registry:
         raise RegistryError(
             f"registry file {source} lacks the column(s) {', '.join(missing)} in its header "
             f"{rows[0]!r}; the first line must name at least table_name,primary_key"
+            + _delimiter_hint(rows[0])
         )
     unknown = [column for column in header if column not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if unknown:
@@ -172,7 +178,7 @@ def parse_registry(text: str, source: str) -> Registry:
             raise RegistryError(
                 f"registry file {source} line {line_number}: expected {len(header)} fields "
                 f"({','.join(header)}), found {len(row)}; quote a composite key, e.g. "
-                'order_lines,"order_id,line_no"'
+                'order_lines,"order_id,line_no"' + _delimiter_hint(row)
             )
         entry = _parse_row(
             dict(zip(header, (cell.strip() for cell in row), strict=True)), source, line_number
@@ -185,6 +191,23 @@ def parse_registry(text: str, source: str) -> Registry:
             )
         tables[key] = entry
     return Registry(source=source, tables=tables)
+
+
+# Delimiters spreadsheet programs write instead of commas (by locale, or when saving as text).
+_OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _delimiter_hint(cells: list[str]) -> str:
+    """Why a line parsed into one field, when it is another delimiter's: registry files are CSV."""
+    if len(cells) != 1:
+        return ""
+    found = [name for delimiter, name in _OTHER_DELIMITERS.items() if delimiter in cells[0]]
+    if not found:
+        return ""
+    return (
+        f". The line looks {found[0]}-delimited ({cells[0]!r} is one field); registry files are "
+        "comma-separated: save it as CSV with commas (a spreadsheet's 'CSV UTF-8 (comma delimited)')"
+    )
 
 
 def _parse_row(row: dict[str, str], source: str, line_number: int) -> TableSettings:

@@ -119,3 +119,35 @@ def test_partition_by_names_the_output_partition_columns_in_order() -> None:
 
     assert registry.tables["orders"].partition_by == ("region", "day")
     assert registry.tables["users"].partition_by == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("table_name;primary_key\norders;order_id\n", "semicolon"),
+        ("table_name\tprimary_key\norders\torder_id\n", "tab"),
+        ("table_name|primary_key\norders|order_id\n", "pipe"),
+    ],
+)
+def test_a_registry_written_with_another_delimiter_says_so_and_that_registry_files_are_comma_separated(
+    text: str, named: str
+) -> None:
+    with pytest.raises(RegistryError) as error:
+        parse_registry(text, "excel.csv")
+
+    message = str(error.value)
+    assert f"looks {named}-delimited" in message
+    assert "registry files are comma-separated" in message
+    assert "excel.csv" in message
+
+
+def test_a_row_written_with_another_delimiter_under_a_comma_header_says_so() -> None:
+    with pytest.raises(RegistryError, match=r"line 3: .*looks semicolon-delimited"):
+        parse_registry("table_name,primary_key\norders,id\ncustomers;id\n", "tables.csv")
+
+
+def test_a_one_field_line_without_another_delimiter_gets_no_delimiter_hint() -> None:
+    with pytest.raises(RegistryError) as error:
+        parse_registry("table_name,primary_key\norders\n", "tables.csv")
+
+    assert "delimited" not in str(error.value)

@@ -25,6 +25,7 @@ from cdc_pipeline.errors import (
     RegistryError,
 )
 from cdc_pipeline.lease import LEASE_FILE, Lease, LeaseConflictError, parse_lease
+from cdc_pipeline.registry import is_registry_file
 from cdc_pipeline.state import HISTORY_DIR, STATE_FILE, Revision, StateDocument, parse_state_document
 
 SCHEME = "s3://"
@@ -553,7 +554,8 @@ class S3RegistrySource:
     """Registry CSV files directly under an S3 prefix; the newest by LastModified wins.
 
     Like the local registry directory, only the prefix's own objects count, not those in sub-folders
-    (an ``archive/`` folder stays out of the way). Ties go to the greatest key.
+    (an ``archive/`` folder stays out of the way), nor hidden ones (``.`` or ``_`` first). Ties go to
+    the greatest key.
 
     Parameters
     ----------
@@ -582,7 +584,7 @@ class S3RegistrySource:
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
                 for entry in page.get("Contents", []):
-                    if not entry["Key"].lower().endswith(".csv"):
+                    if not is_registry_file(entry["Key"][len(self.prefix) :]):
                         continue
                     candidate = (entry["LastModified"], entry["Key"])
                     if newest is None or candidate > newest:
@@ -593,8 +595,9 @@ class S3RegistrySource:
             )
         if newest is None:
             raise RegistryError(
-                f"registry prefix {self.uri} holds no .csv file (or does not exist); upload one there "
-                "with the header table_name,primary_key (see docs/registry.md)"
+                f"registry prefix {self.uri} holds no .csv file (or does not exist; names starting with . "
+                "or _ are hidden); upload one there with the header table_name,primary_key (see "
+                "docs/registry.md)"
             )
         key = newest[1]
         uri = _uri(self.bucket, key)

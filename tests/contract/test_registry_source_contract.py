@@ -62,3 +62,22 @@ def test_a_folder_without_csv_files_is_an_error_naming_it_and_the_fix(registry_c
 def test_a_missing_folder_is_a_registry_error(registry_case):
     with pytest.raises(RegistryError, match="no-such-registry"):
         registry_case.missing_source.newest()
+
+
+@pytest.mark.parametrize("hidden", ["._tables.csv", ".tables.csv", "_tables.csv", ".~lock.tables.csv#.csv"])
+def test_a_hidden_csv_file_is_never_the_registry_even_when_newest(registry_case, hidden):
+    registry_case.add("tables.csv", HEADER + b"orders,id\n", T0)
+    # macOS writes its resource fork beside a copied file as ._name: binary, and newer.
+    registry_case.add(hidden, b"\x00\x05\x16\x07 not a registry", T0 + timedelta(minutes=5))
+
+    name, text = registry_case.source.newest()
+
+    assert name == registry_case.name_of("tables.csv")
+    assert text == (HEADER + b"orders,id\n").decode()
+
+
+def test_a_folder_holding_only_hidden_csv_files_is_an_error_that_says_they_are_hidden(registry_case):
+    registry_case.add("._tables.csv", HEADER + b"orders,id\n", T0)
+
+    with pytest.raises(RegistryError, match=r"holds no \.csv file .*hidden"):
+        registry_case.source.newest()
