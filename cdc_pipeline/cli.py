@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also show Spark's own console output (progress bars, log4j warnings) and the run's log lines",
     )
+    run.add_argument(
+        "--accept-registry-change",
+        metavar="TABLE[,TABLE...]",
+        help="rebuild these tables with the settings of the newest registry file, which changed how their "
+        "rows are keyed, ordered or deleted (or no longer lists them); without it they fail",
+    )
 
     start = commands.add_parser(
         "start", help="start a run of the deployed state machine on AWS and follow it table by table"
@@ -149,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--tables", help="comma-separated table names (default: every table)")
     start.add_argument("--no-follow", action="store_true", help="print the execution ARN and return")
     start.add_argument("--poll-seconds", type=float, default=10.0)
+    start.add_argument("--accept-registry-change", metavar="TABLE[,TABLE...]", help="as for run")
 
     status = commands.add_parser("status", help="show every table's committed tracker")
     status.add_argument("--state", required=True, type=Path)
@@ -257,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
         settle_window=args.settle_window,
         pack_bytes=args.pack_mib * MIB,
         lease_wait_s=args.wait_for_lease,
+        accept_registry_change=_names(args.accept_registry_change),
     )
     lock = threading.Lock()
 
@@ -292,7 +300,13 @@ def _start(args: argparse.Namespace, sfn: object | None = None) -> int:
 
     client = sfn or aws_client("stepfunctions", threads=START_SFN_THREADS)
     tables = list(_table_names(args.tables))
-    execution_arn = start_run(client, args.state_machine_arn, args.load_type, tables or None)
+    execution_arn = start_run(
+        client,
+        args.state_machine_arn,
+        args.load_type,
+        tables or None,
+        accept_registry_change=list(_names(args.accept_registry_change)) or None,
+    )
     print(f"started {execution_arn}", flush=True)
     if args.no_follow:
         return EXIT_OK
@@ -310,6 +324,10 @@ def _start(args: argparse.Namespace, sfn: object | None = None) -> int:
     if execution.get("error") == RUN_IN_PROGRESS:
         return EXIT_RUN_IN_PROGRESS
     return EXIT_OK if execution["status"] == "SUCCEEDED" else EXIT_FAILED
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
 
 
 def _status(args: argparse.Namespace) -> int:

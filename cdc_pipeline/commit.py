@@ -66,6 +66,7 @@ class CommitReport:
     deleted_locations: list[str]
     # What the run's ingest bills on Glue, packed as planned and one run per table (packs.py).
     glue_estimate: dict[str, Any] | None = None
+    registry_file: str | None = None  # the registry file the run planned with
 
     @property
     def failed(self) -> list[TableOutcome]:
@@ -80,6 +81,7 @@ class CommitReport:
             "warnings": self.warnings,
             "deleted_locations": self.deleted_locations,
             "glue_estimate": self.glue_estimate,
+            "registry_file": self.registry_file,
         }
 
 
@@ -152,7 +154,7 @@ def commit_run(
         tables = dict(current.tables)
         for name, manifest in manifests.items():
             tables[name], dropped = _next_state(
-                current.tables.get(name), manifest, committed_at, retained_snapshots
+                current.tables.get(name), manifest, committed_at, retained_snapshots, plan.registry_file
             )
             expired += dropped
         for name, cursor in plan.refreshed_cursors.items():
@@ -206,6 +208,7 @@ def commit_run(
         warnings=plan.warnings,
         deleted_locations=deleted,
         glue_estimate=estimate.to_json() if estimate else None,
+        registry_file=plan.registry_file,
     )
 
 
@@ -273,7 +276,11 @@ def _is_failure_record(data: dict[str, Any], item: WorkItem) -> bool:
 
 
 def _next_state(
-    previous: TableState | None, manifest: Manifest, committed_at: str, retained_snapshots: int
+    previous: TableState | None,
+    manifest: Manifest,
+    committed_at: str,
+    retained_snapshots: int,
+    registry_file: str | None = None,
 ) -> tuple[TableState, list[str]]:
     """The table's new tracker and the folders (snapshots, tombstones, partitions) that fall out of
     retention: every folder the old tracker kept and the new one does not."""
@@ -313,6 +320,7 @@ def _next_state(
         partition_by=tuple(manifest.partition_by),
         partitions=manifest.partitions,
         retained_partitions=_retained_partitions(previous, manifest, retained_snapshots),
+        registry_file=registry_file,
     )
     return state, sorted(previous.locations() - state.locations()) if previous else []
 

@@ -7,9 +7,11 @@ docs/semantics.md). A table with no new file gets no work item at all. It become
 
 from __future__ import annotations
 
+import json
 import logging
+import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -182,6 +184,8 @@ class Plan:
     refreshed_cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Tables that share one Glue run, by the location of their pack file (packs.py).
     packs: dict[str, list[str]] = field(default_factory=dict)
+    # The registry file the run planned with: the commit records it in each tracker it writes.
+    registry_file: str | None = None
 
     def glue_runs(self) -> list[list[str]]:
         """The tables of each Glue run: every pack, and every other item alone."""
@@ -205,6 +209,7 @@ class Plan:
             "unchanged": self.unchanged,
             "refreshed_cursors": self.refreshed_cursors,
             "packs": self.packs,
+            "registry_file": self.registry_file,
         }
 
     @classmethod
@@ -249,6 +254,7 @@ class Plan:
             unchanged=data.get("unchanged", []),
             refreshed_cursors=data.get("refreshed_cursors", {}),
             packs=data.get("packs", {}),
+            registry_file=data.get("registry_file"),
         )
 
 
@@ -286,9 +292,14 @@ def plan_run(
     now: datetime | None = None,
     settle_window: str = DEFAULT_SETTLE_WINDOW,
     planned: Callable[[WorkItem], None] | None = None,
+    accept_registry_change: Collection[str] = (),
 ) -> Plan:
     """One work item per table of the catalog (or of ``tables``) with something to read, with every
     fallback explained; tables with no new file are listed as unchanged.
+
+    A committed table whose registry entry changed how its rows are keyed, ordered or deleted
+    (or that the registry no longer lists) fails, keeping its tracker and snapshot, unless it is
+    named in ``accept_registry_change``: it is then rebuilt by a full load with the new settings.
 
     Tables are planned on ``PLAN_THREADS`` threads as the catalog's pages of names arrive (a paged
     catalog such as Glue's), so listing their files overlaps listing the catalog; the plan holds
@@ -298,6 +309,7 @@ def plan_run(
     """
     settle = settle_micros(settle_window)
     wanted = set(tables) if tables else None
+    accepted = frozenset(accept_registry_change)
 
     def plan_table(name: str) -> WorkItem | _Unchanged | str | TableError:
         try:
@@ -310,6 +322,7 @@ def plan_run(
                 run_id=run_id,
                 requested=load_type,
                 settle=settle,
+                accept_change=name in accepted,
             )
         except TableError as exc:
             return exc
@@ -326,12 +339,14 @@ def plan_run(
             for name in page:
                 if (wanted is None or name in wanted) and name not in planning:
                     planning[name] = pool.submit(plan_table, name)
-        unknown = sorted(wanted - available) if wanted else []
-        if unknown:
-            raise ConfigurationError(
-                f"--tables names {', '.join(unknown)}, which the source does not hold; "
-                f"its tables are: {', '.join(sorted(available)) or '(none)'}"
-            )
+        for option, names in (("--tables", wanted or set()), ("--accept-registry-change", accepted)):
+            unknown = sorted(names - available)
+            if unknown:
+                raise ConfigurationError(
+                    f"{option} names {', '.join(map(repr, unknown))}, which the source does not hold"
+                    f"{_case_hint(unknown, available)}; its tables are: "
+                    f"{', '.join(map(repr, sorted(available))) or '(none)'}"
+                )
         selected = sorted(planning)
         decisions = [planning[name].result() for name in selected]
     finally:
@@ -341,6 +356,18 @@ def plan_run(
     warnings = [
         f"registry names table {name!r}, which the source does not hold; check the name"
         for name in sorted(set(registry.tables) - {name.lower() for name in available})
+    ]
+    warnings += [
+        f"--accept-registry-change names table {name!r}, but the registry has not changed how its rows "
+        "are kept since its last commit: nothing to accept, it is planned as usual"
+        for name in sorted(accepted & set(selected))
+        if name not in state.tables
+        or _registry_change(state.tables[name], registry.settings_for(name)) is None
+    ]
+    warnings += [
+        f"--accept-registry-change names table {name!r}, which this run does not plan (--tables): "
+        "nothing accepted"
+        for name in sorted(accepted - set(selected))
     ]
 
     items: list[WorkItem] = []
@@ -374,6 +401,7 @@ def plan_run(
         warnings=warnings,
         unchanged=unchanged,
         refreshed_cursors=refreshed,
+        registry_file=registry.source,
     )
 
 
@@ -402,9 +430,21 @@ def _plan_table(
     run_id: str,
     requested: LoadType | None,
     settle: int,
+    accept_change: bool = False,
 ) -> WorkItem | _Unchanged | str:
-    """The table's work item, or why it has none (unchanged, or no data yet)."""
+    """The table's work item, or why it has none (unchanged, or no data yet).
+
+    Raises
+    ------
+    TableError
+        When the table cannot be planned, among others when the registry changed how its
+        committed rows are kept and the change is not accepted (see :func:`_registry_change`).
+    """
+    _check_name(name)
     settings = registry.settings_for(name)
+    change = _registry_change(tracker, settings) if tracker is not None else None
+    if tracker is not None and change is not None and not accept_change:
+        raise TableError(name, _refused_change(name, change, tracker, registry.source))
     ordered_keys = bool(settings and settings.time_ordered_keys)
     committed = FileCursor.from_json(tracker.cursor) if tracker and tracker.cursor else None
     start_after = (
@@ -426,13 +466,12 @@ def _plan_table(
     if ordered_keys and incremental_by is IncrementalBy.WATERMARK:
         warnings.append("time_ordered_keys is ignored: the table is read by watermark, from all its files")
     load_type = _load_type(requested, tracker, incremental_by, warnings)
-    if (
-        load_type is LoadType.INCREMENTAL
-        and tracker is not None
-        and not _same_settings(tracker, settings or TableSettings.default(name))
-    ):
+    if tracker is not None and change is not None:
         load_type = LoadType.FULL
-        warnings.append(_registry_changed(tracker))
+        warnings.append(
+            f"registry change accepted (since {_registry_name(tracker)}: {'; '.join(change.differences)}): "
+            "full load to rebuild the snapshot with the new settings"
+        )
     partition_by = settings.partition_by if settings else ()
     if (
         load_type is LoadType.INCREMENTAL
@@ -498,52 +537,118 @@ def _plan_table(
     return item
 
 
-def _same_settings(tracker: TableState, settings: TableSettings) -> bool:
-    """Whether the registry still keys, orders and deletes the table as its snapshot was built,
-    compared ignoring case and without reading the table's columns; a key-less table's delete and
-    sequence settings are ignored, as its work items ignore them."""
-    keyed = bool(settings.primary_key)
-    watermark = settings.watermark_column if settings.watermark_column_explicit else None
-    registry = _dedup_key(
-        Mode.DEDUP if keyed else Mode.APPEND,
-        primary_key=settings.primary_key,
-        sequence_column=settings.sequence_column if keyed else None,
-        delete_column=settings.delete_column if keyed else None,
-        delete_values=settings.delete_values if keyed else (),
-        watermark_unit=settings.watermark_unit,
-    )
-    return registry == tracker.dedup_settings() and (
-        watermark is None or watermark.lower() == (tracker.watermark_column or "").lower()
-    )
+@dataclass(frozen=True)
+class RegistryChange:
+    """How the newest registry keeps a committed table's rows differently from its tracker."""
+
+    dropped: bool  # the newest registry file no longer lists the table
+    differences: tuple[str, ...]  # each "what: old -> new"
 
 
-def _dedup_key(
-    mode: Mode,
-    *,
-    primary_key: tuple[str, ...] | list[str],
-    sequence_column: str | None,
-    delete_column: str | None,
-    delete_values: tuple[str, ...] | list[str],
-    watermark_unit: str | None,
-) -> tuple[object, ...]:
-    """What decides a key's current version, with column names as Glue and Spark match them."""
+def _registry_change(tracker: TableState, settings: TableSettings | None) -> RegistryChange | None:
+    """How the registry's settings (None: it does not list the table) key, order and delete the
+    table's rows differently from the settings its committed snapshot was built with; None when
+    they do not.
+
+    Column names compare ignoring case, without reading the table's columns; a key-less table's
+    delete and sequence settings are ignored, as its work items ignore them. The output
+    partitioning, the read mode and the other settings are not compared: changing them rebuilds
+    the same rows (see docs/registry.md, "Registry changes").
+    """
+    now = settings or TableSettings.default("")
+    keyed = bool(now.primary_key)
+    compared = [
+        ("primary key", tracker.primary_key, now.primary_key),
+        ("sequence column", tracker.sequence_column, now.sequence_column if keyed else None),
+        ("delete column", tracker.delete_column, now.delete_column if keyed else None),
+        ("delete values", tracker.delete_values, now.delete_values if keyed else ()),
+        ("watermark unit", tracker.watermark_unit, now.watermark_unit),
+    ]
+    if now.watermark_column_explicit:
+        compared.append(("ordering (watermark) column", tracker.watermark_column, now.watermark_column))
+    differences = [
+        f"{what} {_shown(what, was)} -> {_shown(what, new)}"
+        for what, was, new in compared
+        if _comparable(what, was) != _comparable(what, new)
+    ]
+    if not differences and (tracker.mode == Mode.DEDUP.value) != keyed:
+        # A tracker of a keyed table always records its key: only a damaged one gets here.
+        differences.append(f"mode {tracker.mode} -> {(Mode.DEDUP if keyed else Mode.APPEND).value}")
+    return RegistryChange(settings is None, tuple(differences)) if differences else None
+
+
+def _comparable(what: str, value: str | tuple[str, ...] | None) -> object:
+    """A setting as the pipeline matches it: column names ignoring case, delete values exactly."""
+    if value is None or isinstance(value, str):
+        return value.lower() if value else None
+    return tuple(value) if what == "delete values" else tuple(name.lower() for name in value)
+
+
+def _shown(what: str, value: str | tuple[str, ...] | None) -> str:
+    if what == "primary key":
+        return f"({', '.join(value)})" if value else "none (rows appended without deduplication)"
+    if what == "delete values":
+        return "|".join(value) if value else "none"
+    return repr(value) if value else "none"
+
+
+def _registry_name(tracker: TableState) -> str:
     return (
-        mode.value,
-        tuple(column.lower() for column in primary_key),
-        sequence_column.lower() if sequence_column else None,
-        delete_column.lower() if delete_column else None,
-        tuple(delete_values),
-        watermark_unit,
+        f"registry file {tracker.registry_file}"
+        if tracker.registry_file
+        else "an earlier registry file (not recorded: committed by an earlier version)"
     )
 
 
-def _registry_changed(tracker: TableState) -> str:
+def _refused_change(name: str, change: RegistryChange, tracker: TableState, newest: str) -> str:
+    """Why a table whose registry entry changed is not loaded, and the two ways out."""
+    if change.dropped:
+        what = (
+            f"the newest registry file {newest} no longer lists it; without a row it has no primary key "
+            "and its rows would be appended as they land, deleted and superseded versions included"
+        )
+        revert = "publish a registry file that lists it again"
+    else:
+        what = f"the newest registry file {newest} changes how its rows are keyed, ordered or deleted"
+        revert = "publish a registry file with its previous settings"
+    since = _registry_name(tracker)
+    if tracker.registry_file == newest:
+        since += " (the same file, edited in place since: publish changes as new files)"
     return (
-        "registry changed how rows are keyed, ordered or deleted since the last commit "
-        f"(was key {list(tracker.primary_key)}, ordering {tracker.watermark_column!r}, sequence "
-        f"{tracker.sequence_column!r}, delete column {tracker.delete_column!r}): full load to "
-        "rebuild the snapshot"
+        f"{what}, since its tracker was committed under {since}: {'; '.join(change.differences)}. The "
+        "table is not loaded and its tracker and snapshot are kept. If the change is intended, run again "
+        f'with --accept-registry-change {name!r} (on AWS, "accept_registry_change": [{_json_name(name)}] '
+        f"in the execution input) to rebuild it from all its files with the new settings; otherwise {revert}"
     )
+
+
+def _json_name(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)
+
+
+def _check_name(name: str) -> None:
+    """A table's name becomes one folder of the output and of the run's files (any character but
+    ``/``: the Glue catalog allows one, and ``a/b`` would nest inside table ``a``'s folder)."""
+    if "/" in name or name in ("", ".", ".."):
+        raise TableError(
+            name,
+            "its name cannot be a folder name in the output (it is empty, '.' or '..', or holds '/'), so "
+            "its snapshot would land in another table's folder; rename the table in the source catalog, "
+            "or leave it out with an exclude pattern",
+        )
+
+
+def _case_hint(names: Iterable[str], available: Iterable[str]) -> str:
+    """For names matching none of ``available`` exactly: those that differ only in case."""
+    by_folded: dict[str, list[str]] = {}
+    for candidate in available:
+        by_folded.setdefault(candidate.casefold(), []).append(candidate)
+    hints = [
+        f"{name!r} differs only in case from {', '.join(map(repr, by_folded[name.casefold()]))}"
+        for name in names
+        if name.casefold() in by_folded
+    ]
+    return f" ({'; '.join(hints)}: names are matched exactly here)" if hints else ""
 
 
 def _load_type(
@@ -586,17 +691,48 @@ def _resolve_named(
             warnings.append(
                 f"{field_name} {column!r} is in none of the files read: their rows have no "
                 f"{'sequence' if field_name == 'sequence_column' else 'delete marker'}"
+                f"{_lookalikes(column, columns.values())}"
             )
         elif found is None:
             raise TableError(
                 table.name,
                 f"registry {registry_source} names {field_name} {column!r}, which the table lacks; its "
-                f"columns are {', '.join(columns.values())}. Fix the registry row (or the source table)",
+                f"columns are {', '.join(map(repr, columns.values()))}"
+                f"{_lookalikes(column, columns.values())}. Fix the registry row (or the source table)",
             )
         resolved[field_name] = found or column
     if not settings.watermark_column_explicit:
         resolved["watermark_column"] = resolve(settings.watermark_column, columns)
     return resolved
+
+
+def _lookalikes(column: str, columns: Iterable[str]) -> str:
+    """For a registry column the table lacks: the table's columns that differ from it only in case
+    or in Unicode form, which look the same. Names match by lowercasing each (as Glue does), so
+    ``ID`` finds ``id``; but not every case pair lowercases alike (``ΟΔΟΣ`` and ``οδοσ``), and an
+    accented letter has a composed and a decomposed form (NFC, NFD) that compare unequal."""
+
+    def folded(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold()
+
+    def case_only(name: str) -> bool:
+        return len(name) == len(column) and all(
+            a == b or a.upper() == b.upper() or a.lower() == b.lower()
+            for a, b in zip(name, column, strict=True)
+        )
+
+    hints = []
+    for name in columns:
+        if case_only(name):
+            hints.append(f"{name!r}, which differs from it only in case")
+        elif folded(name) == folded(column):
+            hints.append(f"{name!r}, which differs from it only in case or in its Unicode form (NFC, NFD)")
+    if not hints:
+        return ""
+    return (
+        f"; the table has {' and '.join(hints)}, but names are matched by lowercasing them, which does not "
+        "make these equal: write the column in the registry as the table spells it"
+    )
 
 
 def _work_item(
@@ -664,14 +800,6 @@ def _work_item(
         )
 
     mode = Mode.DEDUP if keyed else Mode.APPEND
-    dedup_settings = _dedup_key(
-        mode,
-        primary_key=primary_key,
-        sequence_column=sequence_column if keyed else None,
-        delete_column=delete_column if keyed else None,
-        delete_values=settings.delete_values if keyed else (),
-        watermark_unit=settings.watermark_unit,
-    )
     was_ordered_by = (tracker.watermark_column or "").lower() if tracker else ""
     if load_type is LoadType.INCREMENTAL and tracker is not None:
         if incremental_by is IncrementalBy.WATERMARK and watermark_column is None:
@@ -684,11 +812,15 @@ def _work_item(
                 f"tracker has no watermark on column {watermark_column!r} (was "
                 f"{tracker.watermark_column!r}): full load"
             )
-        elif tracker.dedup_settings() != dedup_settings or (
-            tracker.watermark_column is not None and was_ordered_by != (watermark_column or "").lower()
-        ):
+        elif tracker.watermark_column is not None and was_ordered_by != (watermark_column or "").lower():
+            # The registry names no ordering column (a change of one it names fails in plan): the
+            # default column appeared in or vanished from the table's files.
             load_type = LoadType.FULL
-            warnings.append(_registry_changed(tracker))
+            warnings.append(
+                f"its versions were ordered by {tracker.watermark_column!r}, which the files read now "
+                f"{'lack' if watermark_column is None else 'spell ' + repr(watermark_column)}: full load to "
+                "rebuild the snapshot in the new order"
+            )
 
     incremental = load_type is LoadType.INCREMENTAL and tracker is not None
     return WorkItem(

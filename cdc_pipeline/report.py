@@ -22,7 +22,8 @@ _HEADERS = (
 
 def render_report(report: CommitReport) -> str:
     rows = [_row(outcome) for outcome in report.outcomes]
-    lines = [f"run {report.run_id}: state revision {report.revision}", *_table(_HEADERS, rows)]
+    registry = f", registry file {report.registry_file}" if report.registry_file else ""
+    lines = [f"run {report.run_id}: state revision {report.revision}{registry}", *_table(_HEADERS, rows)]
     notes = [(o.table, w) for o in report.outcomes for w in o.warnings]
     notes += [(o.table, f"{o.status.upper()}: {o.message}") for o in report.outcomes if o.message]
     notes += [("(run)", w) for w in report.warnings]

@@ -77,6 +77,8 @@ class RunSettings:
     # its time to live, renewed every third of it while this run lives.
     lease_wait_s: float = 0.0
     lease_ttl_s: float = DEFAULT_LOCAL_TTL_S
+    # Tables whose registry change is accepted: rebuilt with the new settings instead of failing.
+    accept_registry_change: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
@@ -336,6 +338,7 @@ class _LocalRun:
             tables=list(settings.tables) or None,
             settle_window=settings.settle_window,
             pack_bytes=settings.pack_bytes,
+            accept_registry_change=list(settings.accept_registry_change),
         )
         for table in plan.unchanged:
             self.say(table, "unchanged: no new file since its last commit")

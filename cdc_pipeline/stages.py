@@ -41,6 +41,7 @@ def plan_stage(
     tables: list[str] | None = None,
     settle_window: str = DEFAULT_SETTLE_WINDOW,
     pack_bytes: int = DEFAULT_PACK_BYTES,
+    accept_registry_change: list[str] | None = None,
 ) -> Plan:
     """Plan a run and write its plan and its item list (the Distributed Map's input): one entry per
     Glue run, naming a work item's file or a pack's (small tables sharing a run).
@@ -72,6 +73,7 @@ def plan_stage(
             tables=tables,
             settle_window=settle_window,
             planned=write_if_alone,
+            accept_registry_change=accept_registry_change or (),
         )
         for write in written.values():
             write.result()

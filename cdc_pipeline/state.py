@@ -65,6 +65,8 @@ class TableState:
     partition_by: tuple[str, ...] = ()
     partitions: dict[str, dict[str, Any]] | None = None
     retained_partitions: tuple[dict[str, dict[str, Any]], ...] = ()
+    # The registry file the tracker was committed under (None: committed by an earlier version).
+    registry_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.watermark is not None:

@@ -53,6 +53,11 @@ def plan_task(
     tables = event.get("tables")
     if tables is not None and not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
         raise ConfigurationError(f"tables must be a list of table names, got {tables!r}")
+    accepted = event.get("accept_registry_change")
+    if accepted is not None and not (
+        isinstance(accepted, list) and all(isinstance(t, str) for t in accepted)
+    ):
+        raise ConfigurationError(f"accept_registry_change must be a list of table names, got {accepted!r}")
     layout = Layout(output_path=settings.output_path, cdc_path=settings.cdc_path)
     run_id = new_run_id()
     if lease_store is not None:
@@ -69,6 +74,7 @@ def plan_task(
             tables=tables or None,
             settle_window=settings.settle_window,
             pack_bytes=settings.pack_bytes,
+            accept_registry_change=accepted,
         )
     except BaseException:
         if lease_store is not None:

@@ -157,29 +157,216 @@ def test_tracker_on_another_watermark_column_forces_a_full_load() -> None:
     assert any("full load" in warning for warning in orders.warnings)
 
 
-@pytest.mark.parametrize(
-    "previous",
-    [
-        {"primary_key": ("order_id", "line_no")},
-        {"primary_key": (), "mode": "append"},
-        {"sequence_column": "seq"},
-        {"delete_values": ("D", "X")},
-    ],
-    ids=["key", "mode", "sequence", "delete-values"],
-)
-def test_registry_change_of_key_order_or_delete_forces_a_full_load(previous) -> None:
+# How the committed tracker of ``orders`` differed from what REGISTRY now says (key order_id,
+# default ordering, delete column Op with values D), and how the failure names the change.
+REGISTRY_CHANGES = {
+    "key": ({"primary_key": ("order_id", "line_no")}, "primary key (order_id, line_no) -> (order_id)"),
+    "mode": (
+        {"primary_key": (), "mode": "append", "delete_column": None, "delete_values": ()},
+        "primary key none (rows appended without deduplication) -> (order_id)",
+    ),
+    "sequence": ({"sequence_column": "seq"}, "sequence column 'seq' -> none"),
+    "delete-column": ({"delete_column": "Status"}, "delete column 'Status' -> 'Op'"),
+    "delete-values": ({"delete_values": ("D", "X")}, "delete values D|X -> D"),
+    "watermark-unit": ({"watermark_unit": "seconds"}, "watermark unit 'seconds' -> none"),
+}
+
+
+def changed_orders(previous: dict, registry_file: str | None = "/registry/tables-1.csv") -> StateDocument:
+    previous = dict(previous)
     mode = previous.pop("mode", "dedup")
-    old = replace(tracker("2026-01-01T00:00:00Z", **previous), mode=mode)
-    state = StateDocument(revision=3, tables={"orders": old})
+    old = replace(tracker("2026-01-01T00:00:00Z", **previous), mode=mode, registry_file=registry_file)
+    return StateDocument(revision=3, tables={"orders": old})
 
-    orders = items_by_table(make_plan(FakeCatalog(ORDERS), state))["orders"]
 
+@pytest.mark.parametrize(("previous", "shown"), REGISTRY_CHANGES.values(), ids=REGISTRY_CHANGES.keys())
+def test_a_registry_change_of_how_rows_are_keyed_ordered_or_deleted_fails_the_table_naming_both_files(
+    previous, shown
+) -> None:
+    plan = make_plan(FakeCatalog(ORDERS, COUNTRIES), changed_orders(previous))
+
+    assert [item.table for item in plan.items] == ["countries"]
+    message = plan.failed["orders"]
+    assert (
+        "the newest registry file registry.csv changes how its rows are keyed, ordered or deleted" in message
+    )
+    assert "committed under registry file /registry/tables-1.csv" in message
+    assert shown in message
+    assert "tracker and snapshot are kept" in message
+    assert "--accept-registry-change 'orders'" in message
+    assert '"accept_registry_change": ["orders"]' in message
+
+
+def test_a_delete_column_only_change_is_a_registry_change() -> None:
+    # A change of the delete column alone must never let the old snapshot be merged into as it is.
+    plan = make_plan(FakeCatalog(ORDERS), changed_orders({"delete_column": "Status"}))
+
+    assert plan.items == []
+    assert "delete column 'Status' -> 'Op'" in plan.failed["orders"]
+
+    accepted = make_plan(
+        FakeCatalog(ORDERS), changed_orders({"delete_column": "Status"}), accept_registry_change=["orders"]
+    )
+
+    (orders,) = accepted.items
+    assert (orders.load_type, orders.current_snapshot, orders.delete_column) == ("full", None, "Op")
+
+
+@pytest.mark.parametrize(("previous", "shown"), REGISTRY_CHANGES.values(), ids=REGISTRY_CHANGES.keys())
+def test_an_accepted_registry_change_rebuilds_the_table_by_a_full_load_with_the_new_settings(
+    previous, shown
+) -> None:
+    plan = make_plan(FakeCatalog(ORDERS), changed_orders(previous), accept_registry_change=["orders"])
+
+    (orders,) = plan.items
     assert (orders.load_type, orders.last_watermark, orders.current_snapshot) == ("full", None, None)
-    assert any("registry changed how rows are keyed" in warning for warning in orders.warnings)
+    assert (orders.primary_key, orders.delete_column, orders.delete_values) == (["order_id"], "Op", ["D"])
+    assert any(
+        w.startswith("registry change accepted (since registry file /registry/tables-1.csv") and shown in w
+        for w in orders.warnings
+    )
+    assert plan.failed == {}
+
+
+def test_an_explicit_ordering_column_change_is_a_registry_change() -> None:
+    registry = parse_registry(
+        "table_name,primary_key,watermark_column\norders,order_id,created_at\n", "new.csv"
+    )
+    old = tracker("2026-01-01T00:00:00Z", delete_column=None, delete_values=())
+    orders = table("orders", ("order_id", "bigint"), ("created_at", "timestamp"), ("updated_at", "timestamp"))
+
+    plan = plan_run(
+        catalog=FakeCatalog(orders),
+        registry=registry,
+        state=StateDocument(revision=3, tables={"orders": old}),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+    assert "ordering (watermark) column 'updated_at' -> 'created_at'" in plan.failed["orders"]
+
+
+def test_a_committed_table_the_newest_registry_file_no_longer_lists_fails_instead_of_being_appended() -> None:
+    registry = parse_registry("table_name,primary_key\ncountries,code\n", "/registry/tables-2.csv")
+    state = StateDocument(
+        revision=3, tables={"orders": replace(tracker(None), registry_file="/registry/t1.csv")}
+    )
+
+    plan = plan_run(
+        catalog=FakeCatalog(ORDERS, COUNTRIES),
+        registry=registry,
+        state=state,
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+    assert [item.table for item in plan.items] == ["countries"]
+    message = plan.failed["orders"]
+    assert "the newest registry file /registry/tables-2.csv no longer lists it" in message
+    assert "its rows would be appended as they land" in message
+    assert "committed under registry file /registry/t1.csv" in message
+    assert "primary key (order_id) -> none (rows appended without deduplication)" in message
+    assert "delete column 'Op' -> none" in message
+    assert "publish a registry file that lists it again" in message
+
+
+def test_an_accepted_drop_from_the_registry_reloads_the_table_as_the_registry_then_says_appended() -> None:
+    registry = parse_registry("table_name,primary_key\ncountries,code\n", "/registry/tables-2.csv")
+
+    plan = plan_run(
+        catalog=FakeCatalog(ORDERS),
+        registry=registry,
+        state=StateDocument(revision=3, tables={"orders": tracker(None)}),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+        accept_registry_change=["orders"],
+    )
+
+    (orders,) = plan.items
+    assert (orders.mode, orders.load_type, orders.current_snapshot) == ("append", "full", None)
+
+
+def test_a_key_less_table_the_registry_stops_listing_keeps_being_appended_without_failing() -> None:
+    registry = parse_registry("table_name,primary_key\ncountries,code\n", "/registry/tables-2.csv")
+    appended = tracker("2026-01-01T00:00:00Z", primary_key=(), delete_column=None, delete_values=())
+    state = StateDocument(revision=3, tables={"events": replace(appended, mode="append")})
+
+    plan = plan_run(
+        catalog=FakeCatalog(EVENTS),
+        registry=registry,
+        state=state,
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+    (events,) = plan.items
+    assert (events.mode, events.load_type) == ("append", "incremental")
+
+
+def test_a_registry_change_fails_the_table_even_when_a_full_load_is_requested() -> None:
+    plan = make_plan(FakeCatalog(ORDERS), changed_orders({"sequence_column": "seq"}), load_type=LoadType.FULL)
+
+    assert plan.items == []
+    assert "sequence column 'seq' -> none" in plan.failed["orders"]
+
+
+def test_a_tracker_from_before_registry_files_were_recorded_says_so() -> None:
+    plan = make_plan(FakeCatalog(ORDERS), changed_orders({"sequence_column": "seq"}, registry_file=None))
+
+    assert "an earlier registry file (not recorded" in plan.failed["orders"]
+
+
+def test_a_registry_file_edited_in_place_is_named_as_such() -> None:
+    plan = make_plan(
+        FakeCatalog(ORDERS), changed_orders({"sequence_column": "seq"}, registry_file="registry.csv")
+    )
+
+    assert "the same file, edited in place since" in plan.failed["orders"]
+
+
+def test_accepting_a_change_of_a_table_whose_settings_did_not_change_is_warned_and_plans_it_as_usual() -> (
+    None
+):
+    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00.000001Z")})
+
+    plan = make_plan(FakeCatalog(ORDERS), state, accept_registry_change=["orders"])
+
+    (orders,) = plan.items
+    assert orders.load_type == "incremental"
+    assert any("nothing to accept" in warning for warning in plan.warnings)
+
+
+def test_accepting_a_change_of_a_table_the_source_does_not_hold_is_a_usage_error_with_a_case_hint() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"--accept-registry-change names 'Orders', which the source"
+    ) as e:
+        make_plan(FakeCatalog(ORDERS), accept_registry_change=["Orders"])
+
+    assert "'Orders' differs only in case from 'orders'" in str(e.value)
+
+
+def test_the_plan_names_the_registry_file_it_used_and_keeps_it_through_json() -> None:
+    plan = make_plan(FakeCatalog(ORDERS))
+
+    assert plan.registry_file == "registry.csv"
+    assert Plan.from_json(json.loads(json.dumps(plan.to_json()))).registry_file == "registry.csv"
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "."])
+def test_a_table_whose_name_cannot_be_one_output_folder_fails_naming_why(name: str) -> None:
+    plan = make_plan(FakeCatalog(table(name, ("id", "bigint")), ORDERS))
+
+    assert [item.table for item in plan.items] == ["orders"]
+    assert "cannot be a folder name in the output" in plan.failed[name]
 
 
 def test_table_without_the_watermark_column_is_fully_reloaded_every_run_and_warned() -> None:
-    state = StateDocument(revision=3, tables={"countries": tracker(None, column=None)})
+    countries = tracker(None, column=None, primary_key=("code",), delete_column=None, delete_values=())
+    state = StateDocument(revision=3, tables={"countries": countries})
 
     countries = items_by_table(make_plan(FakeCatalog(COUNTRIES), state))["countries"]
 
@@ -278,7 +465,7 @@ def test_tables_filter_plans_only_those_and_rejects_unknown_names(paged: bool) -
 
     with pytest.raises(
         ConfigurationError,
-        match="--tables names nope, which the source does not hold; its tables are: countries, orders",
+        match="--tables names 'nope', which the source does not hold; its tables are: 'countries', 'orders'",
     ):
         make_plan(catalog(ORDERS, COUNTRIES), tables=["nope", "orders"])
 
@@ -539,16 +726,20 @@ def test_a_table_with_no_new_file_is_unchanged_and_not_described() -> None:
     assert catalog.described == []
 
 
-def test_a_registry_change_plans_a_full_load_of_every_file_even_with_no_new_file() -> None:
+def test_a_registry_change_fails_a_table_with_no_new_file_and_once_accepted_reads_every_file() -> None:
     first = listing(("a.parquet", 10 * MINUTE), reference=110 * MINUTE)
     (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first})).items
     state = committed(item)
     state = replace(state, tables={"orders": replace(state.tables["orders"], delete_values=("X",))})
 
-    (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first}), state).items
+    refused = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first}), state)
+    (item,) = arrival_plan(
+        FakeCatalog(ORDERS, listings={"orders": first}), state, accept_registry_change=["orders"]
+    ).items
 
+    assert (refused.items, refused.unchanged) == ([], [])
+    assert "delete values X -> D" in refused.failed["orders"]
     assert (item.load_type, item.files) == ("full", ["a.parquet"])
-    assert any("registry changed" in warning for warning in item.warnings)
 
 
 def test_a_tracker_from_before_arrival_reads_gets_one_full_load_with_a_warning() -> None:
@@ -734,3 +925,61 @@ def test_packed_tables_are_written_once_every_item_exists_and_the_map_lists_runs
         by_table["order_lines"],
     ]
     assert by_table["orders"].files == ["big.parquet"]
+
+
+def plan_one(registry_csv: str, *tables: CatalogTable) -> Plan:
+    return plan_run(
+        catalog=FakeCatalog(*tables),
+        registry=parse_registry(registry_csv, "registry.csv"),
+        state=StateDocument(),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+
+def test_registry_columns_in_another_case_are_the_tables_columns_in_its_spelling() -> None:
+    plan = plan_one(
+        "table_name,primary_key,watermark_column,sequence_column,delete_column,delete_values,partition_by\n"
+        "orders,ORDER_ID,Updated_At,SEQ,op,D,REGION\n",
+        table(
+            "orders",
+            ("order_id", "bigint"),
+            ("Op", "string"),
+            ("seq", "bigint"),
+            ("region", "string"),
+            ("updated_at", "timestamp"),
+        ),
+    )
+
+    (orders,) = plan.items
+    assert (orders.primary_key, orders.watermark_column) == (["order_id"], "updated_at")
+    assert (orders.sequence_column, orders.delete_column, orders.partition_by) == ("seq", "Op", ["region"])
+
+
+def test_a_key_column_that_differs_only_in_a_case_lowercasing_does_not_equal_is_named_as_such() -> None:
+    # Lowercasing turns a final capital sigma into the final form: the two names differ only in case,
+    # but not once lowercased.
+    plan = plan_one("table_name,primary_key\nroads,ΟΔΟΣ\n", table("roads", ("οδοσ", "bigint")))
+
+    message = plan.failed["roads"]
+    assert "names primary_key (ΟΔΟΣ) 'ΟΔΟΣ', which the table lacks" in message
+    assert "the table has 'οδοσ', which differs from it only in case" in message
+    assert "write the column in the registry as the table spells it" in message
+
+
+def test_a_column_that_differs_only_in_its_unicode_form_is_named_as_such() -> None:
+    composed, decomposed = "caf\u00e9_id", "cafe\u0301_id"
+    plan = plan_one(f"table_name,primary_key\ncafes,{composed}\n", table("cafes", (decomposed, "bigint")))
+
+    assert "differs from it only in case or in its Unicode form (NFC, NFD)" in plan.failed["cafes"]
+
+
+def test_a_missing_delete_column_with_a_lookalike_is_warned_naming_it() -> None:
+    plan = plan_one(
+        "table_name,primary_key,delete_column,delete_values\nroads,id,ΟΔΟΣ,D\n",
+        table("roads", ("id", "bigint"), ("οδοσ", "string")),
+    )
+
+    (roads,) = plan.items
+    assert any("delete_column 'ΟΔΟΣ' is in none of the files" in w and "'οδοσ'" in w for w in roads.warnings)

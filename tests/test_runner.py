@@ -580,14 +580,21 @@ def test_a_key_spelled_in_another_case_by_newer_files_stays_incremental(lake, ca
     assert table.to_pylist() == [{"id": 1, "name": "a2", "seq": 2}]
 
 
-def test_a_registry_change_reloads_the_table_in_full_even_with_no_new_file(lake, capsys) -> None:
+def test_a_registry_change_fails_until_accepted_then_reloads_in_full_even_with_no_new_file(
+    lake, capsys
+) -> None:
     lake.land("people", [person(1, "a", 1), person(1, "b", 2)])
     assert lake.run() == 0
+    before = lake.status(capsys)["people"]
     lake.registry("table_name,primary_key\npeople,\n")
     capsys.readouterr()
 
-    assert lake.run("--json") == 0
+    assert lake.run("--json") == 1
+    (refused,) = json.loads(capsys.readouterr().out)["tables"]
+    assert refused["status"] == "failed"
+    assert lake.status(capsys)["people"] == before
 
+    assert lake.run("--json", "--accept-registry-change", "people") == 0
     (people,) = json.loads(capsys.readouterr().out)["tables"]
     assert (people["status"], people["load_type"]) == ("succeeded", "full")
     assert len(rows_at(lake.status(capsys)["people"]["location"])) == 2

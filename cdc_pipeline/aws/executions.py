@@ -25,12 +25,19 @@ Say = Callable[[str, str], None]
 
 
 def start_run(
-    sfn: Any, state_machine_arn: str, load_type: str | None = None, tables: list[str] | None = None
+    sfn: Any,
+    state_machine_arn: str,
+    load_type: str | None = None,
+    tables: list[str] | None = None,
+    accept_registry_change: list[str] | None = None,
 ) -> str:
-    """Start one execution with the input the schedule would give it; returns its ARN."""
+    """Start one execution with the input the schedule would give it (and, when given, the tables
+    whose registry change is accepted); returns its ARN."""
     run_input: dict[str, Any] = {"load_type": load_type or "incremental"}
     if tables:
         run_input["tables"] = tables
+    if accept_registry_change:
+        run_input["accept_registry_change"] = accept_registry_change
     response = sfn.start_execution(
         stateMachineArn=state_machine_arn,
         name=f"manual-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",

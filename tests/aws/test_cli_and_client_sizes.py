@@ -33,7 +33,12 @@ def test_start_follows_the_run_with_a_client_from_the_sized_client_factory(
         roleArn="arn:aws:iam::123456789012:role/sfn",
     )["stateMachineArn"]
     args = argparse.Namespace(
-        state_machine_arn=arn, load_type="full", tables="orders", no_follow=True, poll_seconds=0.0
+        state_machine_arn=arn,
+        load_type="full",
+        tables="orders",
+        no_follow=True,
+        poll_seconds=0.0,
+        accept_registry_change=None,
     )
 
     assert cli._start(args) == cli.EXIT_OK
