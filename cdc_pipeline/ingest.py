@@ -38,7 +38,7 @@ from cdc_pipeline.packs import work_bytes
 from cdc_pipeline.plan import LoadType, Mode, WorkItem
 from cdc_pipeline.registry import EPOCH_UNITS, IncrementalBy
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, widen
-from cdc_pipeline.spark import check_session, escape_glob
+from cdc_pipeline.spark import check_session, literal_groups, load_literally, read_parquet
 from cdc_pipeline.storage import Storage
 from cdc_pipeline.transform import (
     ORDER_COLUMN,
@@ -391,7 +391,7 @@ def _full_load_tombstones(
     assert item.delete_column is not None
     keys = T.StructType([snapshot.schema[name] for name in prepared.primary_key])
     # The schema given, so that a snapshot of no rows (every key deleted) reads as empty.
-    written = spark.read.schema(keys).parquet(escape_glob(item.output_location))
+    written = load_literally(spark.read.schema(keys).format("parquet"), [item.output_location])
     return full_load_tombstones(
         prepared.unobserved.filter(col(_REASON).isNull()),
         written,
@@ -478,11 +478,18 @@ def read_source_parts(spark: SparkSession, item: WorkItem) -> list[tuple[DataFra
     paths = [_join(item.location, f) for f in item.files] if item.files is not None else [item.location]
     if not paths:
         raise TableError(item.table, "the work item names no file to read; plan the run again")
+    groups = literal_groups(paths)  # most often one: see cdc_pipeline.spark.reads_alone
     if item.format != "parquet":
-        return [(_read(spark, item, paths), Place(f"the files from {paths[0]}"))]
+        # Read with the catalog's columns: every group has the same ones.
+        frames = [_read(spark, item, group) for group in groups]
+        union = frames[0]
+        for frame in frames[1:]:
+            union = union.unionByName(frame)
+        return [(union, Place(f"the files from {paths[0]}"))]
     return [
         (df, Place(f"the file(s) from {group[0]}", tuple(group)))
-        for df, group in _parquet_groups(spark, item, paths)
+        for paths_read_together in groups
+        for df, group in _parquet_groups(spark, item, paths_read_together)
     ]
 
 
@@ -514,12 +521,13 @@ def _read(spark: SparkSession, item: WorkItem, paths: list[str]) -> DataFrame:
     elif item.format == "csv":
         reader = reader.schema(", ".join(f"`{c['name']}` {_spark_type(c['type'])}" for c in item.columns))
     if item.partition_keys:
-        # Files named one by one keep their key=value folders as columns only with the table root.
-        reader = reader.option("basePath", escape_glob(item.location))
+        # Files named one by one keep their key=value folders as columns only with the table root
+        # (a literal path: Spark does not glob it).
+        reader = reader.option("basePath", item.location)
     elif item.files is None:
         # Landing zones nest files in date folders (2024/05/01/...) that are not key=value partitions.
         reader = reader.option("recursiveFileLookup", "true")
-    df = reader.format(item.format).load([escape_glob(path) for path in paths])
+    df = load_literally(reader.format(item.format), paths)
     return _json_as_catalog(df, item) if item.format == "json" else df
 
 
@@ -558,7 +566,7 @@ def _read_existing(spark: SparkSession, item: WorkItem, location: str | None, wh
     if location is None:
         return None
     try:
-        return spark.read.parquet(escape_glob(location))
+        return read_parquet(spark, [location])
     except PySparkException as exc:
         raise TableError(
             item.table,
@@ -656,7 +664,7 @@ def _holder(labelled: tuple[DataFrame, Place], column: str, type_name: str) -> s
     """A place holding ``column`` as ``type_name``: for a group of files, one file that does."""
     df, place = labelled
     for path in place.paths[:_FILES_SEARCHED]:
-        schema = df.sparkSession.read.parquet(escape_glob(path)).schema
+        schema = read_parquet(df.sparkSession, [path]).schema
         if any(f.name.lower() == column.lower() and f.dataType.simpleString() == type_name for f in schema):
             return f"file {path}"
     return place.description

@@ -23,7 +23,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdc_pipeline.errors import TableError
-from cdc_pipeline.spark import escape_glob
+from cdc_pipeline.spark import read_parquet
 from cdc_pipeline.transform import spelling
 
 PARTITION_COLUMN = "cdc_partition"  # a folder name Spark does not hide (no leading underscore)
@@ -55,7 +55,7 @@ def read(spark: SparkSession, partitions: Partitions) -> DataFrame | None:
     folders = sorted(partition["location"] for partition in partitions.values())
     if not folders:
         return None
-    return spark.read.parquet(*(escape_glob(folder) for folder in folders))
+    return read_parquet(spark, folders)
 
 
 def touched(
@@ -108,7 +108,7 @@ def describe(
             sizes_by_id[partition] = sizes_by_id.get(partition, 0) + size
     if not sizes_by_id:
         return {}
-    written = spark.read.parquet(escape_glob(location))
+    written = read_parquet(spark, [location])
     values = [
         F.first(F.coalesce(F.col(spelling(written, c)).cast("string"), F.lit(NULL_VALUE))).alias(f"v{i}")
         for i, c in enumerate(partition_by)

@@ -7,15 +7,16 @@ import re
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdc_pipeline.errors import ConfigurationError, JavaNotFoundError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 
 # Watermark literals and maxima are computed on the UTC wall clock (see transform.py), and Parquet
 # timestamps are written as INT64 microseconds, which Athena, DuckDB and pyarrow all read (Spark's
@@ -126,6 +127,52 @@ def check_session(session: SparkSession) -> None:
         )
 
 
+# Spark globs every path it reads that holds one of these (Hadoop's glob syntax); a table named
+# pv[1] would otherwise be read from pv1's folder.
+GLOB_CHARACTERS = frozenset("\\*?[]{}")
+# Spark's own reader option (DataSource.GLOB_PATHS_KEY, Spark 3.1 and later) to take paths literally.
+NO_GLOBBING = {"__globPaths__": "false"}
+_SCHEME_AND_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
+
+
 def escape_glob(path: str) -> str:
-    """A path Spark reads as it is: Hadoop takes ``* ? [ ] { } \\`` in a path as a glob pattern."""
+    """``path`` as a glob pattern that matches exactly itself (Hadoop's ``\\`` escapes)."""
     return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
+
+
+def reads_alone(path: str) -> bool:
+    """Whether Spark must read ``path`` in a read of its own, with globbing off.
+
+    A path holding a glob character is otherwise escaped and globbed; but Hadoop's globber builds
+    each segment below the scheme as a path of its own, and a segment holding a colon (``a:b``)
+    then parses as a URI scheme: "Relative path in absolute URI". With globbing off, Spark 3.5
+    reads every path of the read once for each unglobbed path in it
+    (``DataSource.checkAndGlobPathIfNecessary``): such a path is safe only alone.
+    """
+    return any(c in GLOB_CHARACTERS for c in path) and ":" in _SCHEME_AND_AUTHORITY.sub("", path, count=1)
+
+
+def literal_groups(paths: Sequence[str]) -> list[list[str]]:
+    """``paths`` in groups that :func:`load_literally` reads each in one read: every path that can
+    share a read, then each path that must be read alone (:func:`reads_alone`)."""
+    shared = [path for path in paths if not reads_alone(path)]
+    return ([shared] if shared else []) + [[path] for path in paths if reads_alone(path)]
+
+
+def load_literally(reader: DataFrameReader, paths: Sequence[str]) -> DataFrame:
+    """``reader.load`` of exactly these files or folders (one of :func:`literal_groups`' groups),
+    never taken as glob patterns, whatever characters they hold."""
+    if len(paths) == 1 and reads_alone(paths[0]):
+        return reader.options(**NO_GLOBBING).load(paths[0])
+    if any(reads_alone(path) for path in paths):
+        raise ValueError(f"these paths cannot share one read: {list(paths)}; read literal_groups(paths)")
+    return reader.load([escape_glob(path) for path in paths])
+
+
+def read_parquet(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
+    """The Parquet files or folders ``paths`` (snapshots, tombstones: what the pipeline wrote),
+    read literally; several reads are united by column name."""
+    if not paths:
+        raise ValueError("no path to read")
+    frames = [load_literally(spark.read.format("parquet"), group) for group in literal_groups(paths)]
+    return reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), frames)

@@ -246,9 +246,12 @@ def merge_into_snapshot(
     ``tombstone_retention_micros`` (before ``now_micros``) are dropped, and a new one is stamped
     ``now_micros``.
     """
+    # Names match ignoring case: the batch may spell the column as the snapshot does, not as the
+    # files the plan described (an exact match here once dropped every delete of such a batch).
+    marker = spelling(batch, delete_column) if delete_column else None
     is_delete = (
-        F.coalesce(col(delete_column).cast("string").isin(list(delete_values)), F.lit(False))
-        if delete_column and delete_column in batch.columns
+        F.coalesce(col(marker).cast("string").isin(list(delete_values)), F.lit(False))
+        if marker and marker in batch.columns
         else F.lit(False)
     )
     latest = batch if small else latest_per_key(batch, primary_key, ordering, strategy)
