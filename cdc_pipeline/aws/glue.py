@@ -403,6 +403,7 @@ class GlueOutputCatalog:
 
         def publish_one(table: PublishedTable) -> TableError | None:
             try:
+                check_table_name(table.name)
                 self._publish(table)
             except TableError as exc:
                 return exc
@@ -579,6 +580,37 @@ GLUE_PARTITION_DELETE_BATCH = 25
 def _batches(values: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+# Glue's limits on a table name (TableInput.Name): 1 to 255 characters of this set; Glue folds it to
+# lowercase when it stores it.
+GLUE_NAME_LENGTH = 255
+_GLUE_NAME = re.compile("^[\t\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]+$")
+
+
+def check_table_name(name: str) -> None:
+    """Refuse a name the output table cannot have as it is: Glue would refuse it, or store it
+    folded to lowercase, where another table of that name would point Athena at this snapshot.
+
+    Raises
+    ------
+    TableError
+        Naming the table and why.
+    """
+    if not 1 <= len(name) <= GLUE_NAME_LENGTH or not _GLUE_NAME.match(name):
+        if not name or len(name) > GLUE_NAME_LENGTH:
+            why = f"it is {len(name)} characters long; Glue takes 1 to {GLUE_NAME_LENGTH}"
+        else:
+            why = "it holds characters Glue refuses in a table name (line breaks, control characters)"
+    elif name != name.lower():
+        why = f"Glue stores table names in lowercase, so it would be published as {name.lower()!r}"
+    else:
+        return
+    raise TableError(
+        name,
+        f"its snapshot cannot be published as a Glue table of that name: {why}. Rename the source "
+        "table (or leave it out with an exclude pattern); its committed state is not affected",
+    )
 
 
 def hive_type(table: str, column: str, spark_type: str) -> str:
