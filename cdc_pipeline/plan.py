@@ -21,7 +21,7 @@ from typing import Any
 from cdc_pipeline.arrivals import DEFAULT_SETTLE_WINDOW, FileCursor, settle_micros
 from cdc_pipeline.catalog import Catalog, CatalogTable, table_name_pages
 from cdc_pipeline.errors import ConfigurationError, NewerFormatError, TableError
-from cdc_pipeline.registry import IncrementalBy, Registry, TableSettings
+from cdc_pipeline.registry import DEFAULT_WATERMARK_COLUMN, IncrementalBy, Registry, TableSettings
 from cdc_pipeline.schema import AmbiguousColumnError, by_lower_name, normalise_type, resolve
 from cdc_pipeline.state import StateDocument, TableState
 from cdc_pipeline.watermark import WatermarkKind
@@ -564,8 +564,12 @@ def _registry_change(tracker: TableState, settings: TableSettings | None) -> Reg
         ("delete values", tracker.delete_values, now.delete_values if keyed else ()),
         ("watermark unit", tracker.watermark_unit, now.watermark_unit),
     ]
+    ordering = "ordering (watermark) column"
     if now.watermark_column_explicit:
-        compared.append(("ordering (watermark) column", tracker.watermark_column, now.watermark_column))
+        compared.append((ordering, tracker.watermark_column, now.watermark_column))
+    elif (tracker.watermark_column or DEFAULT_WATERMARK_COLUMN).lower() != DEFAULT_WATERMARK_COLUMN:
+        # Only a registry naming it orders by another column than the default: it no longer does.
+        compared.append((ordering, tracker.watermark_column, f"{DEFAULT_WATERMARK_COLUMN} (the default)"))
     differences = [
         f"{what} {_shown(what, was)} -> {_shown(what, new)}"
         for what, was, new in compared

@@ -148,15 +148,6 @@ def test_requested_full_load_ignores_the_tracker() -> None:
     assert (orders.load_type, orders.last_watermark, orders.current_snapshot) == ("full", None, None)
 
 
-def test_tracker_on_another_watermark_column_forces_a_full_load() -> None:
-    state = StateDocument(revision=3, tables={"orders": tracker("2026-01-01T00:00:00Z", column="created_at")})
-
-    orders = items_by_table(make_plan(FakeCatalog(ORDERS), state))["orders"]
-
-    assert orders.load_type == "full"
-    assert any("full load" in warning for warning in orders.warnings)
-
-
 # How the committed tracker of ``orders`` differed from what REGISTRY now says (key order_id,
 # default ordering, delete column Op with values D), and how the failure names the change.
 REGISTRY_CHANGES = {
@@ -983,3 +974,35 @@ def test_a_missing_delete_column_with_a_lookalike_is_warned_naming_it() -> None:
 
     (roads,) = plan.items
     assert any("delete_column 'ΟΔΟΣ' is in none of the files" in w and "'οδοσ'" in w for w in roads.warnings)
+
+
+def test_a_registry_no_longer_naming_the_ordering_column_it_named_is_a_registry_change() -> None:
+    registry = parse_registry("table_name,primary_key,watermark_column\norders,order_id,\n", "new.csv")
+    old = tracker("2026-01-01T00:00:00Z", column="created_at", delete_column=None, delete_values=())
+    orders = table("orders", ("order_id", "bigint"), ("created_at", "timestamp"), ("updated_at", "timestamp"))
+
+    plan = plan_run(
+        catalog=FakeCatalog(orders),
+        registry=registry,
+        state=StateDocument(revision=3, tables={"orders": old}),
+        state_version=None,
+        layout=LAYOUT,
+        run_id="r1",
+    )
+
+    assert "ordering (watermark) column 'created_at' -> 'updated_at (the default)'" in plan.failed["orders"]
+
+
+def test_files_that_no_longer_hold_the_default_ordering_column_force_a_full_load_not_a_failure() -> None:
+    # The registry names no ordering column and did not change: the table's files did.
+    first = listing(("a.parquet", 10 * MINUTE), reference=110 * MINUTE)
+    (item,) = arrival_plan(FakeCatalog(ORDERS, listings={"orders": first})).items
+    assert item.watermark_column == "updated_at"
+    later = listing(("a.parquet", 10 * MINUTE), ("b.parquet", 120 * MINUTE), reference=200 * MINUTE)
+    unstamped = table("orders", ("order_id", "bigint"), ("Op", "string"))
+
+    plan = arrival_plan(FakeCatalog(unstamped, listings={"orders": later}), committed(item))
+
+    (orders,) = plan.items
+    assert orders.load_type == "full"
+    assert any("ordered by 'updated_at', which the files read now lack" in w for w in orders.warnings)
