@@ -284,7 +284,7 @@ def test_unknown_table_filter_and_bad_arguments_exit_2(lake, capsys) -> None:
     lake.land("people", [person(1, "ada", 1)])
 
     assert lake.run("--tables", "nope") == 2
-    assert "--tables names nope" in capsys.readouterr().err
+    assert "--tables names 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
         lake.run("--load-type", "sideways")
     assert usage.value.code == 2
