@@ -12,13 +12,20 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pytest
 
+from cdc_pipeline.catalog import CatalogTable, Column, LocalCatalog
+from cdc_pipeline.ingest import ingest_table
+from cdc_pipeline.plan import Layout, plan_run
+from cdc_pipeline.registry import parse_registry
 from cdc_pipeline.spark import literal_groups, read_parquet, reads_alone
+from cdc_pipeline.state import StateDocument
+from cdc_pipeline.storage import LocalStorage
 
 from .helpers import UTC, read_status, run_pipeline, write_parquet
 from .literal_files import actual_rows, expected_current, parquet_files, register
@@ -143,6 +150,54 @@ def test_a_delete_column_spelled_in_another_case_by_newer_files_still_deletes(tm
     register(con, "out", snapshot_files(read_status(state)["tables"]["orders"]))
     assert actual_rows(con, "out", COLUMNS) == expected
     assert [row[0] for row in expected] == [1, 2]
+
+
+class LowercasingCatalog(LocalCatalog):
+    """The local tables as the Glue catalog describes them: column names lowercased."""
+
+    def describe(self, name: str, files: list[str] | None = None) -> CatalogTable:
+        table = super().describe(name, files)
+        return CatalogTable(
+            table.name,
+            table.location,
+            table.format,
+            tuple(Column(column.name.lower(), column.type) for column in table.columns),
+            table.partition_keys,
+            table.has_data,
+        )
+
+
+@pytest.mark.parametrize("work_bytes", [1_000, 10**9], ids=["small", "large"])
+def test_a_catalog_that_lowercases_column_names_over_files_spelling_op_still_deletes(
+    spark, tmp_path: Path, work_bytes: int
+) -> None:
+    # Glue lowercases column names; DMS writes Op. The plan resolves the registry's Op to the
+    # catalog's op; the files, and so the rows read, say Op.
+    rows = [dict(id=k, grp="g", name=f"v{k}", Op="D" if k == 0 else "I", updated_at=BASE) for k in range(4)]
+    write_parquet(tmp_path / "raw" / "orders" / "0.parquet", rows, SCHEMA)
+    plan = plan_run(
+        catalog=LowercasingCatalog(tmp_path / "raw"),
+        registry=parse_registry(
+            "table_name,primary_key,delete_column,delete_values\norders,id,Op,D\n", "r.csv"
+        ),
+        state=StateDocument(),
+        state_version=None,
+        layout=Layout(str(tmp_path / "out"), str(tmp_path / "state")),
+        run_id="r1",
+    )
+    (item,) = plan.items
+    assert item.delete_column == "op"
+
+    ingest_table(spark, replace(item, input_bytes=work_bytes), LocalStorage())
+
+    con = duckdb.connect()
+    register(con, "raw", parquet_files(tmp_path / "raw" / "orders"))
+    register(con, "out", parquet_files(item.output_location))
+    expected = expected_current(
+        con, "raw", COLUMNS, key="id", ordering="updated_at", delete_column="op", delete_values=["D"]
+    )
+    assert actual_rows(con, "out", COLUMNS) == expected
+    assert [row[0] for row in expected] == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------------------------
