@@ -211,7 +211,9 @@ def _ingest(
     after_write = (
         not incremental
         and merged.tombstones is not None
-        and item.delete_column in prepared.batch.columns
+        and item.delete_column is not None
+        # Names match ignoring case: Glue's catalog says op where the files say Op.
+        and spelling(prepared.batch, item.delete_column) in prepared.batch.columns
         and not _is_small(item)
     )
     # An incremental batch, deduplicated, meets the snapshot and the tombstones by its keys several
@@ -397,7 +399,7 @@ def _full_load_tombstones(
         written,
         primary_key=prepared.primary_key,
         ordering=[ORDER_COLUMN, SEQUENCE_COLUMN],
-        delete_column=item.delete_column,
+        delete_column=spelling(prepared.batch, item.delete_column),
         delete_values=item.delete_values,
         now_micros=_micros(started_at),
     )

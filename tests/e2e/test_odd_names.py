@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from cdc_pipeline import ingest
 from cdc_pipeline.catalog import CatalogTable, Column, LocalCatalog
 from cdc_pipeline.ingest import ingest_table
 from cdc_pipeline.plan import Layout, plan_run
@@ -169,7 +170,7 @@ class LowercasingCatalog(LocalCatalog):
 
 @pytest.mark.parametrize("work_bytes", [1_000, 10**9], ids=["small", "large"])
 def test_a_catalog_that_lowercases_column_names_over_files_spelling_op_still_deletes(
-    spark, tmp_path: Path, work_bytes: int
+    spark, tmp_path: Path, work_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Glue lowercases column names; DMS writes Op. The plan resolves the registry's Op to the
     # catalog's op; the files, and so the rows read, say Op.
@@ -188,6 +189,15 @@ def test_a_catalog_that_lowercases_column_names_over_files_spelling_op_still_del
     (item,) = plan.items
     assert item.delete_column == "op"
 
+    full_loads_after_write: list[str] = []
+    original = ingest.full_load_tombstones
+
+    def spy(*args, **kwargs):
+        full_loads_after_write.append(kwargs["delete_column"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "full_load_tombstones", spy)
+
     ingest_table(spark, replace(item, input_bytes=work_bytes), LocalStorage())
 
     con = duckdb.connect()
@@ -198,6 +208,9 @@ def test_a_catalog_that_lowercases_column_names_over_files_spelling_op_still_del
     )
     assert actual_rows(con, "out", COLUMNS) == expected
     assert [row[0] for row in expected] == [1, 2, 3]
+    # A large full load takes its tombstones from the written snapshot (the faster way), by the
+    # files' spelling.
+    assert full_loads_after_write == (["Op"] if work_bytes > 16 * 2**20 else [])
 
 
 # ----------------------------------------------------------------------------------------------
