@@ -273,7 +273,7 @@ def test_with_json_a_config_error_from_the_plan_prints_a_json_object(lake, capsy
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {
         "outcome": "config_error",
-        "message": "--tables names nope, which the source does not hold; its tables are: people",
+        "message": "--tables names 'nope', which the source does not hold; its tables are: 'people'",
         "exit_code": 2,
     }
 
