@@ -223,7 +223,12 @@ def test_cdc_pipeline_start_exits_75_when_its_execution_found_a_run_in_progress(
     machine = "arn:aws:states:eu-west-1:123456789012:stateMachine:cdc-pipeline-cdc-pipeline"
     refused = "run run-1 has been in progress since 2026-05-01T12:00:00.000+00:00 (owner …)"
     args = argparse.Namespace(
-        state_machine_arn=machine, load_type="incremental", tables=None, no_follow=False, poll_seconds=0.0
+        state_machine_arn=machine,
+        load_type="incremental",
+        tables=None,
+        no_follow=False,
+        poll_seconds=0.0,
+        accept_registry_change=None,
     )
     with Stubber(sfn) as stub:
         stub.add_response("start_execution", {"executionArn": EXECUTION, "startDate": datetime.now(UTC)})
