@@ -24,9 +24,10 @@ from cdc_pipeline.errors import CommitConflictError, NewerFormatError, StateCorr
 from cdc_pipeline.watermark import Watermark
 
 # 2 added the file cursor, the read mode, the epoch unit and the tombstones of each table; 3 the
-# snapshot's bytes. Older documents are read as they are (their tables have none of those yet).
-FORMAT_VERSION = 3
-READABLE_FORMATS = frozenset({1, 2, 3})
+# snapshot's bytes and partitions; 4 the registry file a tracker was committed under. Older
+# documents are read as they are (their tables have none of those yet).
+FORMAT_VERSION = 4
+READABLE_FORMATS = frozenset({1, 2, 3, 4})
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
 HISTORY_DIR = "history"

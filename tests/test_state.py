@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from cdc_pipeline.errors import CommitConflictError, StateCorruptError
-from cdc_pipeline.state import HISTORY_DIR, LOCK_FILE, LocalStateStore, StateDocument, TableState
+from cdc_pipeline.state import (
+    FORMAT_VERSION,
+    HISTORY_DIR,
+    LOCK_FILE,
+    LocalStateStore,
+    StateDocument,
+    TableState,
+)
 
 COMMITTED_AT = "2024-05-01T12:00:00+00:00"
 
@@ -479,7 +486,7 @@ def test_a_format_1_document_written_before_arrival_reads_is_read_as_it_is(tmp_p
         legacy_tracker["watermark"],
     )
     assert (customers.incremental_by, customers.cursor, customers.tombstones) == (None, None, None)
-    assert document.to_json()["format_version"] == 3
+    assert document.to_json()["format_version"] == FORMAT_VERSION == 4
 
 
 def test_a_tracker_with_a_garbled_file_cursor_is_corrupt_not_empty(tmp_path) -> None:
