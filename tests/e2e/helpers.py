@@ -1,7 +1,8 @@
 """Plumbing for the end-to-end tests: driving the CLI and asking DuckDB for the truth.
 
 Everything that decides what the *right* answer is lives here as DuckDB SQL over the raw source
-Parquet files, so the oracle never shares code (or an engine) with the pipeline under test.
+Parquet files, so the oracle never shares code (or an engine) with the pipeline under test. The
+fault tests also find here their lake, the faults they inject and the checks they make after each.
 """
 
 from __future__ import annotations
@@ -252,8 +253,8 @@ class TableSpec:
 
 
 # orders: keyed, DMS-like (Op, a sequence), read by arrival; events: no key, appended; readings:
-# keyed, read by watermark. Every table's versions of a key carry distinct stamps, so DuckDB's
-# "newest per key" has one answer.
+# keyed, read by watermark. The data of the tests gives a key's versions distinct stamps, so
+# DuckDB's "newest per key" has one answer.
 FAULT_TABLES = {
     "orders": TableSpec(("order_id",), "updated_at", "seq", "Op", ("D",)),
     "events": TableSpec(ordering="updated_at"),
@@ -315,6 +316,7 @@ class Lake:
         return lake
 
     def settings(self, **overrides: Any) -> RunSettings:
+        """A new run's settings (each has a run id of its own)."""
         return RunSettings(
             source=self.source, output=self.output, state=self.state, registry=self.registry, **overrides
         )
