@@ -29,12 +29,16 @@ import pytest
 
 from cdc_pipeline import ingest, runner
 from cdc_pipeline import state as state_module
+from cdc_pipeline.catalog import LocalCatalog, NoOutputCatalog
 from cdc_pipeline.cli import main
 from cdc_pipeline.commit import CommitReport
 from cdc_pipeline.errors import CommitConflictError, PipelineError, TableError
-from cdc_pipeline.plan import Layout, Plan, WorkItem
+from cdc_pipeline.plan import Layout, Plan, WorkItem, new_run_id
+from cdc_pipeline.registry import LocalRegistrySource
 from cdc_pipeline.runner import RunSettings, run_local
+from cdc_pipeline.stages import commit_stage, plan_stage
 from cdc_pipeline.state import STATE_FILE, LocalStateStore, StateDocument, TableState
+from cdc_pipeline.storage import LocalStorage
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -346,6 +350,47 @@ def statuses(report: CommitReport) -> dict[str, str]:
     return {outcome.table: outcome.status for outcome in report.outcomes}
 
 
+def plan_only(lake: Lake, **plan_options: Any) -> Plan:
+    """A new run's plan through the stages, as the Plan Lambda makes it (no run lease)."""
+    return plan_stage(
+        catalog=LocalCatalog(lake.source),
+        registry_source=LocalRegistrySource(lake.registry),
+        state_store=LocalStateStore(lake.state),
+        storage=LocalStorage(),
+        layout=lake.layout(),
+        run_id=new_run_id(),
+        **plan_options,
+    )
+
+
+def plan_and_ingest(lake: Lake, spark: Any, **plan_options: Any) -> Plan:
+    """A new run's plan and ingests, as the Plan Lambda and the Glue job runs make them; committed
+    by ``commit_plan``."""
+    plan = plan_only(lake, **plan_options)
+    ingest.ingest_items(spark, plan.items, LocalStorage(), parallelism=2)
+    return plan
+
+
+def commit_plan(
+    lake: Lake,
+    plan: Plan,
+    *,
+    catalog: Any = None,
+    failures: dict[str, str] | None = None,
+    run_failures: dict[str, str] | None = None,
+) -> CommitReport:
+    return commit_stage(
+        plan=plan,
+        state_store=LocalStateStore(lake.state),
+        storage=LocalStorage(),
+        output_catalog=catalog or NoOutputCatalog(),
+        layout=lake.layout(),
+        failures=failures or {},
+        run_failures=run_failures,
+        retained_snapshots=2,
+    )
+
+
 def expected_rows(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> list[tuple]:
     """DuckDB's current state of ``table`` from every source file landed now."""
     spec = FAULT_TABLES[table]
@@ -446,7 +491,7 @@ CRASHES = (
 FAILURES = (
     "table-error",  # one table's ingest fails (TableError), the others go on
     "file-vanishes",  # a file the plan named is deleted before the ingest reads it
-    "unwritable-output",  # nothing can be created under the output folder during the run
+    "unwritable-output",  # nothing can be created under one table's output folder during the run
 )
 REFUSALS = (
     "lost-race",  # another run commits between this run's plan and its commit
@@ -457,7 +502,14 @@ REPEATS = (
     "overlapping-runs",  # a second run plans and ingests at the same time, both try to commit
 )
 FAULT_KINDS = CRASHES + FAILURES + REFUSALS + REPEATS
-PER_TABLE = ("before-ingest", "mid-write", "after-manifest", "table-error", "file-vanishes")
+PER_TABLE = (
+    "before-ingest",
+    "mid-write",
+    "after-manifest",
+    "table-error",
+    "file-vanishes",
+    "unwritable-output",
+)
 
 
 @dataclass
@@ -507,7 +559,7 @@ def inject(mp: pytest.MonkeyPatch, fault: Fault, lake: Lake, spark: Any) -> None
     real_ingest_table = ingest.ingest_table
     real_write = ingest._write
     real_commit_stage = runner.commit_stage
-    real_ingest_all = runner._ingest_all
+    real_ingest_all = runner._LocalRun._ingest_all
     real_state_write = LocalStateStore.write
 
     def crash(where: str) -> Crash:
@@ -531,7 +583,7 @@ def inject(mp: pytest.MonkeyPatch, fault: Fault, lake: Lake, spark: Any) -> None
             raise crash(f"with {cut_in_half(location)} cut in half")
         return rows
 
-    def ingest_all(plan: Plan, *args: Any, **kwargs: Any) -> dict[str, str]:
+    def ingest_all(local_run: Any, plan: Plan) -> dict[str, str]:
         if kind == "after-plan":
             raise crash("after the plan was written")
         item = next((i for i in plan.items if i.table == fault.table and i.files), None)
@@ -539,17 +591,19 @@ def inject(mp: pytest.MonkeyPatch, fault: Fault, lake: Lake, spark: Any) -> None
             gone = Path(item.location) / sorted(item.files or [])[0]
             gone.unlink()
             fault.fired, fault.detail = True, f"{gone.name} deleted"
-        return real_ingest_all(plan, *args, **kwargs)
+        return real_ingest_all(local_run, plan)
 
     def compete(plan_items: Sequence[str]) -> None:
-        """Another run commits the first of these tables now."""
+        """Another run commits the first of these tables now. Through the stages, as on AWS: the
+        local run lease (which this run holds) would refuse a second local run before its plan."""
         if fault.fired or not plan_items:
             return
         fault.fired = True
         revision = lake.document().revision
-        lake.run(spark, tables=(sorted(plan_items)[0],))
+        table = sorted(plan_items)[0]
+        commit_plan(lake, plan_and_ingest(lake, spark, tables=[table]))
         assert lake.document().revision == revision + 1, "the competing run committed nothing"
-        fault.detail = f"a run of {sorted(plan_items)[0]} committed first"
+        fault.detail = f"a run of {table} committed first"
 
     def commit_stage(**kwargs: Any) -> CommitReport:
         if kind == "before-commit":
@@ -589,7 +643,7 @@ def inject(mp: pytest.MonkeyPatch, fault: Fault, lake: Lake, spark: Any) -> None
     elif kind == "mid-write":
         mp.setattr(ingest, "_write", write)
     elif kind in ("after-plan", "file-vanishes"):
-        mp.setattr(runner, "_ingest_all", ingest_all)
+        mp.setattr(runner._LocalRun, "_ingest_all", ingest_all)
     elif kind in ("before-commit", "lost-race", "commit-retried"):
         mp.setattr(runner, "commit_stage", commit_stage)
     elif kind in ("after-state-write", "lost-race-at-write"):
@@ -676,7 +730,8 @@ def run_faulted(lake: Lake, spark: Any, fault: Fault) -> str:
     with contextlib.ExitStack() as stack:
         mp = stack.enter_context(pytest.MonkeyPatch.context())
         if fault.kind == "unwritable-output":
-            stack.enter_context(unwritable(lake.output))
+            assert fault.table is not None
+            stack.enter_context(unwritable(lake.output / fault.table))
         inject(mp, fault, lake, spark)
         try:
             report = lake.run(spark)
@@ -690,9 +745,8 @@ def run_faulted(lake: Lake, spark: Any, fault: Fault) -> str:
     assert fault.kind not in CRASHES + REFUSALS or not fault.fired, f"{fault} fired, yet the run finished"
     failed = {outcome.table for outcome in report.failed}
     if fault.kind == "unwritable-output":
-        fault.fired = bool(failed)
-        assert "succeeded" not in statuses(report).values(), f"{fault}: {statuses(report)}"
-    elif fault.kind in FAILURES and fault.fired:
+        fault.fired = fault.table in failed  # it had something to write
+    if fault.kind in FAILURES and fault.fired:
         assert failed == {fault.table}, f"{fault}: {statuses(report)}"
     else:
         assert not failed, f"{fault}: {[(o.table, o.message) for o in report.failed]}"

@@ -28,14 +28,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from cdc_pipeline.catalog import LocalCatalog, PublishedTable
+from cdc_pipeline.catalog import PublishedTable
+from cdc_pipeline.errors import ConfigurationError
 from cdc_pipeline.ingest import ingest_items
 from cdc_pipeline.manifest import SUCCEEDED
 from cdc_pipeline.packs import DEFAULT_PACK_BYTES
-from cdc_pipeline.plan import Plan, new_run_id
-from cdc_pipeline.registry import LocalRegistrySource
 from cdc_pipeline.settings import CommitSettings
-from cdc_pipeline.stages import commit_stage, plan_stage
 from cdc_pipeline.state import STATE_FILE, LocalStateStore
 from cdc_pipeline.storage import LocalStorage
 from cdc_pipeline.tasks import commit_task, table_failures
@@ -48,10 +46,14 @@ from .helpers import (
     Fault,
     Lake,
     all_or_nothing_problems,
+    commit_plan,
     converged_problems,
     inject,
+    plan_and_ingest,
+    plan_only,
     run_faulted,
     statuses,
+    unwritable,
 )
 
 pytestmark = pytest.mark.spark
@@ -197,8 +199,13 @@ def test_a_crash_publishes_all_or_nothing_and_a_fresh_run_converges(spark, con, 
 def test_a_glue_retry_of_a_run_that_died_mid_write_replaces_the_cut_files(spark, con, lake) -> None:
     # On AWS a Glue job run that died is retried with the same work items: the same run id, so the
     # same output folder, which still holds the first attempt's half-written file.
-    plan = plan_and_ingest(lake, spark, fault=Fault("mid-write", "orders"))
+    plan, fault = plan_only(lake), Fault("mid-write", "orders")
+    with pytest.MonkeyPatch.context() as mp:
+        inject(mp, fault, lake, spark)
+        with pytest.raises(Crash):
+            ingest_items(spark, plan.items, LocalStorage(), parallelism=2)
     cut = Path(next(item.output_location for item in plan.items if item.table == "orders"))
+    assert fault.fired
     assert cut.is_dir()
 
     ingest_items(spark, plan.items, LocalStorage(), parallelism=2)
@@ -214,30 +221,38 @@ def test_a_glue_retry_of_a_run_that_died_mid_write_replaces_the_cut_files(spark,
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "table"), [("file-vanishes", "orders"), ("unwritable-output", None)])
+@pytest.mark.parametrize("kind", ["file-vanishes", "unwritable-output"])
 def test_a_failed_table_keeps_its_tracker_the_others_commit_and_a_fresh_run_converges(
-    spark, con, lake, kind, table
+    spark, con, lake, kind
 ) -> None:
     before = lake.document()
-    fault = Fault(kind, table)
+    fault = Fault(kind, "orders")
 
     assert run_faulted(lake, spark, fault) == "failed"
 
     after = lake.document()
-    failed = set(TABLES) if table is None else {table}
-    for name in TABLES:
-        if name in failed:
-            assert after.tables[name] == before.tables[name], f"{fault}: {name} moved on"
-            kept = {before.tables[name].location, *before.tables[name].previous_locations}
-            assert snapshot_folders(lake, name) == kept, f"{fault}: its unpublished output was left"
-        else:
-            assert after.tables[name].run_id == after.run_id != before.run_id, (
-                f"{fault}: {name} not committed"
-            )
+    assert after.tables["orders"] == before.tables["orders"], f"{fault}: orders moved on"
+    kept = {before.tables["orders"].location, *before.tables["orders"].previous_locations}
+    assert snapshot_folders(lake, "orders") == kept, f"{fault}: its unpublished output was left"
+    for name in ("events", "readings"):
+        assert after.tables[name].run_id == after.run_id != before.run_id, f"{fault}: {name} not committed"
     problems = all_or_nothing_problems(con, lake, before, after)
     assert not problems, f"{fault}:\n" + "\n".join(problems)
     rerun = assert_rerun_converges(spark, con, lake)
-    assert {t for t, status in rerun.items() if status == "succeeded"} == failed
+    assert {t for t, status in rerun.items() if status == "succeeded"} == {"orders"}
+
+
+def test_an_unwritable_output_folder_stops_the_run_publishing_nothing_and_a_fresh_run_converges(
+    spark, con, lake
+) -> None:
+    before = lake.state_bytes()
+
+    with unwritable(lake.output), pytest.raises(ConfigurationError, match="--output"):
+        lake.run(spark)
+
+    assert lake.state_bytes() == before
+    assert all(snapshot_folders(lake, t) == {lake.document().tables[t].location} for t in TABLES)
+    assert assert_rerun_converges(spark, con, lake) == dict.fromkeys(TABLES, "succeeded")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,29 +313,6 @@ class RecordingCatalog:
 
     def publish(self, tables: list[PublishedTable]) -> None:
         self.locations.update({table.name: table.location for table in tables})
-
-
-def plan_and_ingest(lake: Lake, spark, fault: Fault | None = None, **plan_options: Any) -> Plan:
-    """What the Plan Lambda and the Glue job runs do; a fault (an ingest crash) aborts the ingest."""
-    storage = LocalStorage()
-    plan = plan_stage(
-        catalog=LocalCatalog(lake.source),
-        registry_source=LocalRegistrySource(lake.registry),
-        state_store=LocalStateStore(lake.state),
-        storage=storage,
-        layout=lake.layout(),
-        run_id=new_run_id(),
-        **plan_options,
-    )
-    if fault is None:
-        ingest_items(spark, plan.items, storage, parallelism=2)
-        return plan
-    with pytest.MonkeyPatch.context() as mp:
-        inject(mp, fault, lake, spark)
-        with pytest.raises(Crash):
-            ingest_items(spark, plan.items, storage, parallelism=2)
-    assert fault.fired
-    return plan
 
 
 def commit_lambda(lake: Lake, run_id: str, catalog: RecordingCatalog) -> dict[str, Any]:
@@ -401,16 +393,7 @@ def test_a_success_manifest_is_published_when_its_pack_failed_but_not_when_its_o
     failures, run_failures = table_failures(plan, layout, by_location)
     before = lake.document()
 
-    commit_stage(
-        plan=plan,
-        state_store=LocalStateStore(lake.state),
-        storage=storage,
-        output_catalog=RecordingCatalog(),
-        layout=layout,
-        failures=failures,
-        run_failures=run_failures,
-        retained_snapshots=2,
-    )
+    commit_plan(lake, plan, catalog=RecordingCatalog(), failures=failures, run_failures=run_failures)
 
     after = lake.document()
     if own:
