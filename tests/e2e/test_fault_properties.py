@@ -4,8 +4,9 @@ row; the run after it converges to what DuckDB computes from every file landed.
 Hypothesis draws histories for the fault lake's three tables (helpers.FAULT_TABLES: keyed read by
 arrival with deletes and late older versions, key-less, keyed read by watermark), cut into files
 landing over 2-3 rounds, and one fault (helpers.FAULT_KINDS: a crash at one of eight points, a
-table failure, a file vanishing, an unwritable output, a lost race, a retried commit, two runs at
-once) striking the run of one round, on one of the tables landing files then for per-table faults.
+table failure, a file vanishing, a table's output folder unwritable, a lost race, a retried commit,
+two runs at once) striking the run of one round, on one of the tables landing files then for
+per-table faults.
 After the faulted run the state must hold each table's previous tracker or one that read every
 file landed; then a clean run, and after every clean run each table must equal DuckDB's answer.
 
