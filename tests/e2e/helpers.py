@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -537,13 +537,14 @@ def cut_in_half(folder: str) -> Path:
 class _HalfWritten(io.RawIOBase):
     """A file the process dies writing: half of the first write lands, then the crash."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, crash: Callable[[], Crash]) -> None:
         self.handle = handle
+        self.crash = crash
 
     def write(self, data: Any) -> int:
         self.handle.write(bytes(data)[: len(data) // 2])
         self.handle.flush()
-        raise Crash("died writing the state document")
+        raise self.crash()
 
     def close(self) -> None:
         self.handle.close()
@@ -588,7 +589,10 @@ def inject(mp: pytest.MonkeyPatch, fault: Fault, lake: Lake, spark: Any) -> None
             raise crash("after the plan was written")
         item = next((i for i in plan.items if i.table == fault.table and i.files), None)
         if item is not None:
-            gone = Path(item.location) / sorted(item.files or [])[0]
+            # The newest: one that landed for this run (a table read by watermark names every file,
+            # and deleting one it applied long ago would not take its rows out of the snapshot).
+            files = [Path(item.location) / name for name in item.files or []]
+            gone = max(files, key=lambda path: path.stat().st_mtime_ns)
             gone.unlink()
             fault.fired, fault.detail = True, f"{gone.name} deleted"
         return real_ingest_all(local_run, plan)
@@ -632,7 +636,9 @@ def inject(mp: pytest.MonkeyPatch, fault: Fault, lake: Lake, spark: Any) -> None
     def state_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         # Returned open, as open() returns it: the state store's own `with` closes it.
         handle = builtins.open(file, mode, *args, **kwargs)  # noqa: SIM115
-        return _HalfWritten(handle) if "w" in mode and STATE_FILE in Path(file).name else handle
+        if "w" in mode and STATE_FILE in Path(file).name:
+            return _HalfWritten(handle, lambda: crash(f"halfway through writing {file}"))
+        return handle
 
     class CrashingCatalog:
         def publish(self, tables: list[Any]) -> None:
@@ -737,6 +743,7 @@ def run_faulted(lake: Lake, spark: Any, fault: Fault) -> str:
             report = lake.run(spark)
         except Crash:
             assert fault.kind in CRASHES, f"{fault}: crashed"
+            assert fault.fired, f"{fault}: crashed before the fault was injected"
             return "crashed"
         except CommitConflictError:
             assert fault.kind in REFUSALS, f"{fault}: commit refused"
