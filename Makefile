@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-quick clean check-templates layer deploy enable-schedule smoke
+.PHONY: setup demo test lint bench bench-quick soak clean check-templates layer deploy enable-schedule smoke
 
 setup: $(STAMP)
 
@@ -33,6 +33,15 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m benchmarks.cost --quick --json benchmarks/results/cost-quick.json
+
+# The fault property test, long: SOAK_EXAMPLES random histories, each with a fault injected at a
+# random point of a random run, stopping after SOAK_SECONDS; prints how many histories and faults
+# it tried (tests/e2e/test_fault_properties.py; CI tries two).
+SOAK_EXAMPLES ?= 200
+SOAK_SECONDS ?= 3600
+soak: setup
+	SOAK_EXAMPLES=$(SOAK_EXAMPLES) SOAK_SECONDS=$(SOAK_SECONDS) \
+		$(PY) -m pytest -q -p no:cacheprovider -m soak tests/e2e/test_fault_properties.py
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .venv-tools build .aws-sam

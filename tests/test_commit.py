@@ -253,6 +253,42 @@ def test_a_manifest_that_is_not_a_success_of_this_run_and_table_is_not_published
     assert plan.items[0].manifest_location in (failed.message or "")
 
 
+def test_a_table_listed_as_failed_is_not_published_though_its_success_manifest_exists(env):
+    run(env, "run-1", {"customers": "2024-04-01T00:00:00", "orders": "2024-04-02T00:00:00"})
+    before, _ = env.state()
+    plan = plan_from_state(env, "run-2", ["customers", "orders"])
+    customers, orders = plan.items
+    for item in plan.items:
+        ingest_succeeded(env, item, "2024-04-03T00:00:00")
+
+    # Its own Glue run failed after the ingest had written the manifest (a timeout, a crash at exit):
+    # the table's own failure wins over its manifest, and its files are read again next run.
+    commit_run(plan, env.store, env.storage, failures={"orders": "its Glue run failed"}, now=NOW)
+
+    after, _ = env.state()
+    assert after.tables["orders"] == before.tables["orders"]
+    assert not exists(orders.output_location)
+    assert exists(before.tables["orders"].location)
+    assert after.tables["customers"].location == customers.output_location
+
+
+def test_a_success_manifest_is_published_though_the_glue_run_of_its_pack_failed(env):
+    run(env, "run-1", {"customers": "2024-04-01T00:00:00", "orders": "2024-04-02T00:00:00"})
+    plan = plan_from_state(env, "run-2", ["customers", "orders"])
+    for item in plan.items:
+        ingest_succeeded(env, item, "2024-04-03T00:00:00")
+
+    # A pack's run fails when any of its tables failed; the tables it finished are published.
+    pack_failed = dict.fromkeys(["customers", "orders"], "1 of the 2 tables of this run failed")
+    commit_run(plan, env.store, env.storage, run_failures=pack_failed, now=NOW)
+
+    after, _ = env.state()
+    for item in plan.items:
+        assert after.tables[item.table].location == item.output_location
+        assert after.tables[item.table].watermark == "2024-04-03T00:00:00"
+        assert exists(item.output_location)
+
+
 def test_an_overlapping_runs_manifest_is_not_published_and_its_output_is_left_alone(env):
     run(env, "run-1", {"orders": "2024-04-02T00:00:00"})
     plan = plan_from_state(env, "run-2", ["orders"])
