@@ -17,7 +17,15 @@ from typing import Any
 
 from cdc_pipeline.commit import IO_THREADS
 from cdc_pipeline.errors import ConfigurationError
-from cdc_pipeline.lease import Lease, LeaseStore, LocalLeaseStore, in_progress, local_owner_ended, utc_now
+from cdc_pipeline.lease import (
+    Lease,
+    LeaseStore,
+    LocalLeaseStore,
+    free_because,
+    in_progress,
+    local_owner_ended,
+    utc_now,
+)
 from cdc_pipeline.operations import (
     DEFAULT_HISTORY_LIMIT,
     DEFAULT_MIN_AGE,
@@ -95,11 +103,8 @@ class _Ports:
         """The lease of a run in progress on this state, if one is: unexpired, and (locally) its
         process alive."""
         lease, _ = self.leases.read()
-        if lease is None or lease.expired(utc_now()):
-            return None
-        if not self.cdc_path.startswith(S3) and local_owner_ended(lease):
-            return None
-        return lease
+        owner_ended = None if self.cdc_path.startswith(S3) else local_owner_ended
+        return lease if lease is not None and free_because(lease, utc_now(), owner_ended) is None else None
 
     def refuse_while_running(self) -> None:
         """RunInProgressError (exit 75) while a run holds the lease: its commit would be refused

@@ -184,11 +184,7 @@ def acquire(
                 if current.run_id == run_id:
                     lease = replace(lease, started_at=current.started_at)
                 why = None
-            elif current.expired(moment):
-                why = f"its lease expired at {current.expires_at}"
-            elif owner_ended is not None and owner_ended(current):
-                why = f"its owner {current.owner} is no longer running"
-            else:
+            elif (why := free_because(current, moment, owner_ended)) is None:
                 raise in_progress(current, advice)
             store.replace(lease, version)
             if why is not None:
@@ -202,6 +198,16 @@ def acquire(
         f"the run lease {store.location} changed {ATTEMPTS} times while run {run_id} tried to take it; "
         "start the run again"
     )
+
+
+def free_because(lease: Lease, now: datetime, owner_ended: OwnerEnded | None = None) -> str | None:
+    """Why ``lease`` no longer holds the state (it expired, or ``owner_ended`` says its owner has
+    ended); None while its run is in progress."""
+    if lease.expired(now):
+        return f"its lease expired at {lease.expires_at}"
+    if owner_ended is not None and owner_ended(lease):
+        return f"its owner {lease.owner} is no longer running"
+    return None
 
 
 def in_progress(lease: Lease, advice: str) -> RunInProgressError:
