@@ -758,3 +758,13 @@ def run_faulted(lake: Lake, spark: Any, fault: Fault) -> str:
     else:
         assert not failed, f"{fault}: {[(o.table, o.message) for o in report.failed]}"
     return "failed" if failed else "completed"
+
+
+def lake_folders(root: Path, registry_csv: str) -> dict[str, Path]:
+    """Empty source, output and state folders below ``root``, and a registry folder holding
+    ``registry_csv`` as registry.csv: what ``cdc-pipeline run`` needs."""
+    folders = {name: root / name for name in ("source", "output", "state", "registry")}
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["registry"] / "registry.csv").write_text(registry_csv)
+    return folders

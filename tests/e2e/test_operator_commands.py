@@ -25,6 +25,7 @@ import pytest
 from .helpers import (
     actual_snapshot,
     expected_latest_per_key,
+    lake_folders,
     read_status,
     run_cli,
     run_pipeline,
@@ -64,11 +65,7 @@ BATCHES = [
 
 @pytest.fixture
 def lake(tmp_path: Path) -> dict[str, Path]:
-    folders = {name: tmp_path / name for name in ("source", "output", "state", "registry")}
-    for folder in folders.values():
-        folder.mkdir()
-    (folders["registry"] / "registry.csv").write_text(REGISTRY)
-    return folders
+    return lake_folders(tmp_path, REGISTRY)
 
 
 @pytest.fixture

@@ -17,7 +17,15 @@ import pytest
 
 from cdc_pipeline import ingest
 
-from .helpers import _lit, canonical_rows, expected_latest_per_key, read_status, run_pipeline, write_parquet
+from .helpers import (
+    _lit,
+    canonical_rows,
+    expected_latest_per_key,
+    lake_folders,
+    read_status,
+    run_pipeline,
+    write_parquet,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -56,11 +64,7 @@ def snapshot_rows(con: duckdb.DuckDBPyConnection, locations: list[str]) -> list[
 
 @pytest.fixture
 def lake(tmp_path: Path) -> dict[str, Path]:
-    folders = {name: tmp_path / name for name in ("source", "output", "state", "registry")}
-    for folder in folders.values():
-        folder.mkdir()
-    (folders["registry"] / "registry.csv").write_text(REGISTRY)
-    return folders
+    return lake_folders(tmp_path, REGISTRY)
 
 
 def run(lake: dict[str, Path]) -> dict:
